@@ -1,0 +1,19 @@
+//! The Kontrast operator: reconciles `ContrastiveRun`s into worker pods, restarts gangs from their
+//! last checkpoint and runs evaluation Jobs.
+#![deny(missing_docs)]
+
+/// Errors the operator reports; every variant names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes API call {operation} failed: {message}")]
+    Kube {
+        /// The operation, e.g. `apply pod run-w-1-0`.
+        operation: String,
+        /// The server's or client's message.
+        message: String,
+    },
+}
+
+/// Result type of the operator library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,174 @@
+//! `kontrast-dev`: starts, stops and inspects the local Kubernetes cluster.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use kontrast_tests::cluster::{self, Cluster, ClusterOptions, ClusterState};
+use kontrast_tests::process::Lifetime;
+
+#[derive(Parser)]
+#[command(
+    name = "kontrast-dev",
+    about = "The Kontrast local development cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Manage the local cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
+}
+
+#[derive(clap::Args)]
+struct StateArg {
+    /// State directory of the cluster.
+    #[arg(long, env = "KONTRAST_STATE", default_value = ".state/cluster")]
+    state_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Start etcd, kube-apiserver, controller-manager, scheduler, the local node and Prometheus.
+    Up {
+        #[command(flatten)]
+        state: StateArg,
+        /// Stay in the foreground and stop everything on Ctrl-C.
+        #[arg(long)]
+        foreground: bool,
+        /// nvidia.com/gpu the node advertises.
+        #[arg(long, default_value_t = 0)]
+        gpus: u32,
+        /// Extra PATTERN=DIR image mappings (the kontrast images map to this binary's directory).
+        #[arg(long = "image")]
+        images: Vec<String>,
+    },
+    /// Stop every process of the cluster, by pid.
+    Down {
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Show which processes run and whether the apiserver, node and Prometheus answer.
+    Status {
+        #[command(flatten)]
+        state: StateArg,
+    },
+}
+
+fn print_state(s: &ClusterState) {
+    println!("cluster up in {}", s.state_dir.display());
+    println!("  apiserver   {}", s.apiserver);
+    println!("  kubeconfig  {}", s.kubeconfig.display());
+    println!("  prometheus  {}", s.prometheus);
+    println!("  pod IPs     127.{}.x.y", s.octet);
+    println!("  use it:     export KUBECONFIG={}", s.kubeconfig.display());
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Top::Cluster { command } = Cli::parse().command;
+    match command {
+        ClusterCmd::Up {
+            state,
+            foreground,
+            gpus,
+            images,
+        } => {
+            let exe_dir = std::env::current_exe()?
+                .parent()
+                .map(PathBuf::from)
+                .context("locating kontrast-dev's directory")?;
+            let mut opts = ClusterOptions::new(
+                std::path::absolute(&state.state_dir)?,
+                exe_dir.join("kontrast-node"),
+            );
+            opts.lifetime = if foreground {
+                Lifetime::Attached
+            } else {
+                Lifetime::Detached
+            };
+            opts.node.gpus = gpus;
+            opts.node.images = images;
+            opts.node
+                .images
+                .push(format!("kontrast-worker={}", exe_dir.display()));
+            opts.node
+                .images
+                .push(format!("kontrast-operator={}", exe_dir.display()));
+            // Ctrl-C while starting drops the half-started cluster, which stops what was started.
+            let cluster = tokio::select! {
+                c = Cluster::up(opts) => c.context("starting the cluster")?,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; every process started so far was stopped"),
+            };
+            print_state(&cluster.state);
+            if foreground {
+                println!("running in the foreground; Ctrl-C stops it");
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                cluster.down();
+                println!("cluster stopped");
+            } else {
+                cluster.detach();
+            }
+        }
+        ClusterCmd::Down { state } => {
+            let s = cluster::down(&state.state_dir)?;
+            println!(
+                "cluster in {} stopped ({} processes)",
+                s.state_dir.display(),
+                s.processes.len()
+            );
+        }
+        ClusterCmd::Status { state } => {
+            let s = ClusterState::load(&state.state_dir)?;
+            print_state(&s);
+            let mut healthy = true;
+            for (r, alive) in cluster::process_status(&s) {
+                println!(
+                    "  {:<24} pid {:<8} {}",
+                    r.name,
+                    r.pid,
+                    if alive { "running" } else { "STOPPED" }
+                );
+                healthy &= alive;
+            }
+            match tokio::time::timeout(Duration::from_secs(5), async {
+                let client = s.client().await?;
+                let v = client.apiserver_version().await?;
+                Ok::<_, anyhow::Error>(v.git_version)
+            })
+            .await
+            {
+                Ok(Ok(v)) => println!("  apiserver version {v}"),
+                Ok(Err(e)) => {
+                    healthy = false;
+                    println!("  apiserver: {e}");
+                }
+                Err(_) => {
+                    healthy = false;
+                    println!("  apiserver: no answer within 5s");
+                }
+            }
+            if !healthy {
+                std::process::exit(1);
+            }
+        }
+    }
+    Ok(())
+}
