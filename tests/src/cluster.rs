@@ -641,7 +641,8 @@ impl Cluster {
         self.stop_all();
     }
 
-    fn stop_all(&mut self) {
+    /// Stops every process, last started first (also done on drop).
+    pub fn stop_all(&mut self) {
         while let Some(mut p) = self.procs.pop() {
             tracing::info!(component = %p.record.name, pid = p.record.pid, "stopping");
             p.stop(Duration::from_secs(10));

@@ -13,6 +13,7 @@ pub mod node;
 pub mod pki;
 pub mod process;
 pub mod prometheus;
+pub mod testing;
 pub mod wait;
 
 pub use cluster::{Cluster, ClusterOptions, ClusterState};
