@@ -589,16 +589,18 @@ impl Cluster {
         st.wait_for("prometheus", || http_ok(&http, &ready, None))
             .await?;
 
-        // The controller-manager is working once it has made the default service account, which
-        // pods need before the apiserver admits them.
+        // The controller-manager is working once it has made the default service account and its
+        // token, which pods need before the apiserver admits them.
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
         st.wait_for("kube-controller-manager", || {
             let sas = sas.clone();
             async move {
-                sas.get("default")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                let sa = sas.get("default").await.map_err(|e| e.to_string())?;
+                if sa.secrets.is_some_and(|s| !s.is_empty()) {
+                    Ok(())
+                } else {
+                    Err("default service account has no token yet".into())
+                }
             }
         })
         .await?;
