@@ -8,7 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PACKAGES=(
   etcd-server prometheus prometheus-pushgateway
   rsync dpkg-dev cmake nasm
-  iproute2 util-linux procps curl ca-certificates
+  iproute2 util-linux procps curl ca-certificates openssl
   dataset-fashion-mnist
 )
 
