@@ -2,6 +2,10 @@
 //! last checkpoint and runs evaluation Jobs.
 #![deny(missing_docs)]
 
+pub mod http;
+pub mod leader;
+pub mod metrics;
+
 /// Errors the operator reports; every variant names what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

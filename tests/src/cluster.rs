@@ -465,6 +465,13 @@ impl Cluster {
                 format!("--tls-private-key-file={}", pki.apiserver_key.display()),
                 format!("--client-ca-file={}", pki.ca_cert.display()),
                 format!("--token-auth-file={}", tokens.display()),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    pki.kubelet_client_cert.display()
+                ),
+                format!("--kubelet-client-key={}", pki.kubelet_client_key.display()),
+                format!("--kubelet-certificate-authority={}", pki.ca_cert.display()),
+                s("--kubelet-preferred-address-types=InternalIP"),
                 s("--authorization-mode=RBAC"),
                 format!("--service-account-key-file={}", pki.sa_pub.display()),
                 format!(
@@ -537,6 +544,9 @@ impl Cluster {
             format!("--state-dir={}", dir.join("node").display()),
             format!("--pod-block={}", block.octet()),
             format!("--discovery-listen={host}:{DISCOVERY_PORT}"),
+            format!("--tls-cert={}", pki.node_cert.display()),
+            format!("--tls-key={}", pki.node_key.display()),
+            format!("--client-ca={}", pki.ca_cert.display()),
             format!("--cpu={}", node.cpu),
             format!("--memory={}", node.memory),
             format!("--pods={}", node.pods),

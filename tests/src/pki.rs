@@ -18,6 +18,14 @@ pub struct Pki {
     pub apiserver_cert: PathBuf,
     /// apiserver serving key.
     pub apiserver_key: PathBuf,
+    /// The node's kubelet-API serving certificate.
+    pub node_cert: PathBuf,
+    /// Its key.
+    pub node_key: PathBuf,
+    /// Client certificate the apiserver presents to the node (`kubectl logs`).
+    pub kubelet_client_cert: PathBuf,
+    /// Its key.
+    pub kubelet_client_key: PathBuf,
     /// Service-account signing key (private).
     pub sa_key: PathBuf,
     /// Service-account verification key (public).
@@ -52,6 +60,61 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Issues `<name>.crt`/`<name>.key` signed by the CA, with `subjectAltName` `san` and the
+/// extended key usage `usage`.
+fn leaf(dir: &Path, name: &str, subject: &str, san: Option<&str>, usage: &str) -> Result<()> {
+    let ext = dir.join(format!("{name}.ext"));
+    let mut text = format!("extendedKeyUsage={usage}\nkeyUsage=digitalSignature,keyEncipherment\n");
+    if let Some(san) = san {
+        text.push_str(&format!("subjectAltName={san}\n"));
+    }
+    std::fs::write(&ext, text).io("writing", &ext)?;
+    let (key, csr, crt, extf) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+        format!("{name}.ext"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-subj",
+            subject,
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-extfile",
+            &extf,
+            "-out",
+            &crt,
+        ],
+    )
+}
+
 impl Pki {
     /// Generates everything into `dir` for a server reachable at `host`.
     pub fn generate(dir: &Path, host: Ipv4Addr, service_ip: Ipv4Addr) -> Result<Self> {
@@ -75,35 +138,30 @@ impl Pki {
         ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
         openssl(dir, &ca)?;
 
-        let san = format!(
-            "subjectAltName=IP:{host},IP:{service_ip},IP:127.0.0.1,DNS:localhost,DNS:kubernetes,\
-             DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n\
-             extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n"
+        let names = format!(
+            "IP:{host},IP:{service_ip},IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,\
+             DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
         );
-        std::fs::write(dir.join("apiserver.ext"), san).io("writing", dir.join("apiserver.ext"))?;
-        let mut req = vec!["req", "-new", "-subj", "/CN=kube-apiserver"];
-        req.extend(ec);
-        req.extend(["-keyout", "apiserver.key", "-out", "apiserver.csr"]);
-        openssl(dir, &req)?;
-        openssl(
+        leaf(
             dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "apiserver.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "3650",
-                "-extfile",
-                "apiserver.ext",
-                "-out",
-                "apiserver.crt",
-            ],
+            "apiserver",
+            "/CN=kube-apiserver",
+            Some(&names),
+            "serverAuth",
+        )?;
+        leaf(
+            dir,
+            "node",
+            "/CN=kontrast-node",
+            Some(&format!("IP:{host}")),
+            "serverAuth",
+        )?;
+        leaf(
+            dir,
+            "apiserver-kubelet-client",
+            "/O=system:masters/CN=kube-apiserver-kubelet-client",
+            None,
+            "clientAuth",
         )?;
         openssl(dir, &["genrsa", "-out", "sa.key", "2048"])?;
         openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
@@ -117,6 +175,10 @@ impl Pki {
             ca_key: dir.join("ca.key"),
             apiserver_cert: dir.join("apiserver.crt"),
             apiserver_key: dir.join("apiserver.key"),
+            node_cert: dir.join("node.crt"),
+            node_key: dir.join("node.key"),
+            kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
+            kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
             sa_key: dir.join("sa.key"),
             sa_pub: dir.join("sa.pub"),
         }

@@ -6,7 +6,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kontrast_tests::testing::{TestCluster, phase, pod_ip, terminated};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
@@ -90,6 +90,45 @@ async fn a_pod_with_a_command_succeeds_with_its_exit_code_and_termination_messag
     let log =
         std::fs::read_to_string(tc.cluster.state.pod_dir(&ns, "ok").join("logs/main.log")).unwrap();
     assert_eq!(log, "to-the-log\n");
+    tc.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_reach_the_pod_log_through_the_apiserver() {
+    let tc = start("logs").await;
+    let ns = tc.namespace("t").await.unwrap();
+    tc.create_pod(
+        &ns,
+        sh_pod("talker", "echo epoch 1; echo epoch 2; echo epoch 3"),
+    )
+    .await
+    .unwrap();
+    tc.wait_phase(&ns, "talker", &["Succeeded"], T)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(tc.client.clone(), &ns);
+    assert_eq!(
+        pods.logs("talker", &LogParams::default()).await.unwrap(),
+        "epoch 1\nepoch 2\nepoch 3\n"
+    );
+    let tail = LogParams {
+        tail_lines: Some(1),
+        ..LogParams::default()
+    };
+    assert_eq!(pods.logs("talker", &tail).await.unwrap(), "epoch 3\n");
+    let err = pods
+        .logs(
+            "talker",
+            &LogParams {
+                container: Some("nope".into()),
+                ..LogParams::default()
+            },
+        )
+        .await;
+    assert!(
+        err.is_err(),
+        "an unknown container is an error, not an empty log"
+    );
     tc.finish();
 }
 

@@ -27,6 +27,15 @@ struct Args {
     /// Address to serve Prometheus HTTP service discovery on.
     #[arg(long)]
     discovery_listen: SocketAddr,
+    /// Serving certificate of the kubelet API (kubectl logs); the API is off without it.
+    #[arg(long, requires_all = ["tls_key", "client_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// Key of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// CA that the apiserver's client certificate must chain to.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
     /// Allocatable CPU.
     #[arg(long, default_value = "16")]
     cpu: String,
@@ -90,6 +99,14 @@ async fn main() -> Result<()> {
         apiserver_host,
         apiserver_port,
         discovery_listen: args.discovery_listen,
+        kubelet_tls: match (args.tls_cert, args.tls_key, args.client_ca) {
+            (Some(cert), Some(key), Some(client_ca)) => Some(node::kubelet_api::KubeletTls {
+                cert,
+                key,
+                client_ca,
+            }),
+            _ => None,
+        },
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

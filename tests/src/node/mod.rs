@@ -9,6 +9,7 @@ pub mod container;
 pub mod env;
 pub mod hosts;
 pub mod images;
+pub mod kubelet_api;
 pub mod paths;
 pub mod pod;
 pub mod registration;
@@ -57,7 +58,12 @@ pub struct NodeConfig {
     pub apiserver_port: u16,
     /// Where to serve Prometheus HTTP discovery.
     pub discovery_listen: SocketAddr,
+    /// TLS material of the kubelet API (`kubectl logs`); served on `host_ip:10250` when set.
+    pub kubelet_tls: Option<kubelet_api::KubeletTls>,
 }
+
+/// Port of the node's kubelet API.
+pub const KUBELET_PORT: u16 = 10250;
 
 /// State shared by the node loop and its pod tasks.
 pub struct Shared {
@@ -69,6 +75,8 @@ pub struct Shared {
     pub hosts: Mutex<HostsTable>,
     /// Pod IPs.
     pub pool: Mutex<AddressPool>,
+    /// `namespace/name` of pods whose task runs (log followers stop when their pod leaves).
+    pub active: Mutex<HashSet<String>>,
 }
 
 struct Handle {
@@ -245,7 +253,19 @@ pub async fn run(
         client: client.clone(),
         pool: Mutex::new(AddressPool::new(cfg.octet)),
         hosts: Mutex::new(HostsTable::default()),
+        active: Mutex::new(HashSet::new()),
         cfg: cfg.clone(),
+    });
+    let kubelet = cfg.kubelet_tls.clone().map(|tls| {
+        let (shared, addr) = (
+            shared.clone(),
+            SocketAddr::from((cfg.host_ip, KUBELET_PORT)),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = kubelet_api::serve(shared, addr, tls).await {
+                tracing::error!(%addr, error = %e, "kubelet API failed");
+            }
+        })
     });
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut pods = Pods {
@@ -278,6 +298,9 @@ pub async fn run(
     pods.shutdown().await;
     heartbeat.abort();
     discovery.abort();
+    if let Some(k) = kubelet {
+        k.abort();
+    }
     let _ = registration::heartbeat(&nodes, &cfg.name, &cfg.capacity, cfg.host_ip, false).await;
     Ok(())
 }

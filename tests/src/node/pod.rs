@@ -513,7 +513,14 @@ pub async fn run(
         tracing::warn!(pod = %name, "writing the pod's hosts file failed");
     }
 
+    let key = format!("{ns}/{name}");
+    if let Ok(mut a) = shared.active.lock() {
+        a.insert(key.clone());
+    }
     let outcome = drive(&run, &hostname, &mut stop).await;
+    if let Ok(mut a) = shared.active.lock() {
+        a.remove(&key);
+    }
 
     if let Ok(mut h) = shared.hosts.lock() {
         let _ = h.remove(&ns, &name);

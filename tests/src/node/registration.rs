@@ -75,6 +75,7 @@ fn node_status(c: &Capacity, ip: Ipv4Addr, name: &str, ready: bool) -> Value {
         "capacity": resources(c),
         "allocatable": resources(c),
         "conditions": conditions(ready),
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": super::KUBELET_PORT}},
         "addresses": [{"type": "InternalIP", "address": ip.to_string()}, {"type": "Hostname", "address": name}],
         "nodeInfo": {
             "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "", "osImage": "kontrast local node",
