@@ -12,6 +12,11 @@ pub const ATTEMPT: &str = "kontrast.dev/attempt";
 pub const NODE_RANK: &str = "kontrast.dev/node-rank";
 /// Role of a pod: `worker` (training) or `eval`.
 pub const ROLE: &str = "kontrast.dev/role";
+/// Name of the evaluation (in `spec.evaluations`) an evaluation Job and its pod run.
+pub const EVALUATION: &str = "kontrast.dev/evaluation";
+
+/// Kueue's label naming the LocalQueue a workload is admitted through (`spec.scheduling.queueName`).
+pub const KUEUE_QUEUE_NAME: &str = "kueue.x-k8s.io/queue-name";
 
 /// Annotation asking Prometheus to scrape a pod (`"true"`).
 pub const SCRAPE: &str = "prometheus.io/scrape";

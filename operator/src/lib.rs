@@ -2,9 +2,11 @@
 //! last checkpoint and runs evaluation Jobs.
 #![deny(missing_docs)]
 
+pub mod gang;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod objects;
 
 /// Errors the operator reports; every variant names what failed.
 #[derive(Debug, thiserror::Error)]

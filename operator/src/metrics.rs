@@ -27,8 +27,11 @@ pub struct Metrics {
     /// Evaluation results per run, evaluation and metric.
     eval_result: GaugeVec,
     /// Evaluation label pairs set per run, so they can be removed with the run.
-    eval_labels: Arc<Mutex<HashMap<(String, String), BTreeSet<(String, String)>>>>,
+    eval_labels: Arc<Mutex<EvalLabels>>,
 }
+
+/// (namespace, run) → the (evaluation, metric) pairs set for it.
+type EvalLabels = HashMap<(String, String), BTreeSet<(String, String)>>;
 
 /// Fields of the progress gauge.
 pub const PROGRESS_FIELDS: [&str; 4] = ["epoch", "step", "loss", "images_per_second"];

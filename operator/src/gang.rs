@@ -1,0 +1,262 @@
+//! Gang semantics as a pure function: from what the pods of a run look like now, decide what the
+//! controller does next. Any rank failing ends the whole attempt; the next attempt starts only
+//! after every pod of the previous one is gone; a permanent exit code fails the run at once;
+//! disruptions (eviction, preemption, deletion by someone else, node shutdown) restart the gang
+//! without counting against `maxRestarts`.
+
+/// Exit code the worker uses for errors that retrying cannot fix (bad config, missing dataset).
+pub const PERMANENT_EXIT_CODE: i32 = 78;
+
+/// What the controller sees of one worker pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodView {
+    /// Pod name.
+    pub name: String,
+    /// Attempt it belongs to.
+    pub attempt: u32,
+    /// Node rank.
+    pub rank: u32,
+    /// `status.phase`.
+    pub phase: String,
+    /// Whether it carries a deletion timestamp.
+    pub deleting: bool,
+    /// Exit code of the first terminated container, if any.
+    pub exit_code: Option<i32>,
+    /// `status.reason` (e.g. `Evicted`, `Shutdown`, `Preempting`) or the container's reason.
+    pub reason: Option<String>,
+    /// Termination message (tail) or status message.
+    pub message: Option<String>,
+}
+
+/// Why an attempt ended badly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The pod that failed first (lowest rank among the failed).
+    pub pod: String,
+    /// Its rank.
+    pub rank: u32,
+    /// Its exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// Machine-readable reason: `Error`, `Evicted`, `Deleted`, `Stalled`, …
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// Whether it counts against `maxRestarts` (disruptions do not).
+    pub counted: bool,
+}
+
+/// Where the current attempt stands, as recorded in the run's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GangState {
+    /// Current attempt (1-based).
+    pub attempt: u32,
+    /// Pods per attempt.
+    pub nodes: u32,
+    /// Whether every pod of this attempt has been created before (so a missing one was deleted).
+    pub created: bool,
+}
+
+/// What to do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Pods of earlier attempts still exist: delete them and wait until they are gone.
+    RemoveStale(Vec<String>),
+    /// Create these ranks of the current attempt.
+    Create(Vec<u32>),
+    /// The gang runs; nothing to change.
+    Running,
+    /// The attempt failed: delete its pods and start the next one (or fail the run; the caller
+    /// checks `maxRestarts` and the permanent exit code through [`Failure`]).
+    AttemptFailed(Failure),
+    /// Every rank finished successfully.
+    Succeeded,
+}
+
+fn is_disruption(reason: &str) -> bool {
+    matches!(
+        reason,
+        "Evicted"
+            | "Preempting"
+            | "Shutdown"
+            | "Terminated"
+            | "NodeLost"
+            | "NodeRestarted"
+            | "Deleted"
+            | "UnexpectedAdmissionError"
+    )
+}
+
+fn failure_of(p: &PodView) -> Option<Failure> {
+    let failed_phase = p.phase == "Failed";
+    if !failed_phase && !p.deleting {
+        return None;
+    }
+    let reason = if p.deleting && !failed_phase {
+        "Deleted".to_string()
+    } else {
+        p.reason.clone().unwrap_or_else(|| "Error".to_string())
+    };
+    let message = match (&p.message, p.exit_code) {
+        (Some(m), _) if !m.trim().is_empty() => m.trim().to_string(),
+        (_, Some(code)) => format!("exited with code {code}"),
+        _ if reason == "Deleted" => "the pod was deleted while the gang was running".to_string(),
+        _ => reason.clone(),
+    };
+    Some(Failure {
+        pod: p.name.clone(),
+        rank: p.rank,
+        exit_code: p.exit_code,
+        counted: !is_disruption(&reason),
+        reason,
+        message,
+    })
+}
+
+/// Decides the next step for a gang in state `s` whose pods are `pods` (all attempts).
+pub fn decide(s: GangState, pods: &[PodView]) -> Decision {
+    let stale: Vec<String> = pods
+        .iter()
+        .filter(|p| p.attempt != s.attempt)
+        .map(|p| p.name.clone())
+        .collect();
+    if !stale.is_empty() {
+        return Decision::RemoveStale(stale);
+    }
+    let mut failures: Vec<Failure> = pods.iter().filter_map(failure_of).collect();
+    failures.sort_by_key(|f| (f.reason == "Deleted", f.rank));
+    if let Some(f) = failures.into_iter().next() {
+        return Decision::AttemptFailed(f);
+    }
+    let missing: Vec<u32> = (0..s.nodes)
+        .filter(|r| !pods.iter().any(|p| p.rank == *r))
+        .collect();
+    if !missing.is_empty() {
+        if s.created {
+            let rank = missing[0];
+            return Decision::AttemptFailed(Failure {
+                pod: format!("rank {rank}"),
+                rank,
+                exit_code: None,
+                reason: "Deleted".into(),
+                message: format!("the pod of rank {rank} disappeared while the gang was running"),
+                counted: false,
+            });
+        }
+        return Decision::Create(missing);
+    }
+    if pods.iter().all(|p| p.phase == "Succeeded") {
+        return Decision::Succeeded;
+    }
+    Decision::Running
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(rank: u32, attempt: u32, phase: &str) -> PodView {
+        PodView {
+            name: format!("r-w-{attempt}-{rank}"),
+            attempt,
+            rank,
+            phase: phase.into(),
+            deleting: false,
+            exit_code: None,
+            reason: None,
+            message: None,
+        }
+    }
+
+    fn state(attempt: u32, created: bool) -> GangState {
+        GangState {
+            attempt,
+            nodes: 2,
+            created,
+        }
+    }
+
+    #[test]
+    fn a_new_attempt_creates_every_rank() {
+        assert_eq!(decide(state(1, false), &[]), Decision::Create(vec![0, 1]));
+    }
+
+    #[test]
+    fn pods_of_an_earlier_attempt_are_removed_before_anything_else() {
+        let d = decide(state(2, false), &[pod(0, 1, "Running")]);
+        assert_eq!(d, Decision::RemoveStale(vec!["r-w-1-0".into()]));
+    }
+
+    #[test]
+    fn one_failed_rank_fails_the_attempt_with_its_exit_code_and_message() {
+        let mut bad = pod(1, 1, "Failed");
+        bad.exit_code = Some(1);
+        bad.message = Some("CUDA error\n".into());
+        let Decision::AttemptFailed(f) = decide(state(1, true), &[pod(0, 1, "Running"), bad])
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (f.rank, f.exit_code, f.message.as_str(), f.counted),
+            (1, Some(1), "CUDA error", true)
+        );
+    }
+
+    #[test]
+    fn evictions_and_deletions_are_disruptions_not_counted() {
+        let mut evicted = pod(0, 1, "Failed");
+        evicted.reason = Some("Evicted".into());
+        let Decision::AttemptFailed(f) = decide(state(1, true), &[evicted, pod(1, 1, "Running")])
+        else {
+            panic!()
+        };
+        assert!(!f.counted);
+        let mut deleting = pod(1, 1, "Running");
+        deleting.deleting = true;
+        let Decision::AttemptFailed(f) = decide(state(1, true), &[pod(0, 1, "Running"), deleting])
+        else {
+            panic!()
+        };
+        assert_eq!((f.reason.as_str(), f.counted), ("Deleted", false));
+    }
+
+    #[test]
+    fn a_missing_pod_after_creation_is_a_disruption_and_before_creation_is_created() {
+        assert!(
+            matches!(decide(state(1, true), &[pod(0, 1, "Running")]), Decision::AttemptFailed(f) if f.rank == 1 && !f.counted)
+        );
+        assert_eq!(
+            decide(state(1, false), &[pod(0, 1, "Pending")]),
+            Decision::Create(vec![1])
+        );
+    }
+
+    #[test]
+    fn the_gang_succeeds_only_when_every_rank_succeeded() {
+        assert_eq!(
+            decide(
+                state(1, true),
+                &[pod(0, 1, "Succeeded"), pod(1, 1, "Running")]
+            ),
+            Decision::Running
+        );
+        assert_eq!(
+            decide(
+                state(1, true),
+                &[pod(0, 1, "Succeeded"), pod(1, 1, "Succeeded")]
+            ),
+            Decision::Succeeded
+        );
+    }
+
+    #[test]
+    fn a_real_failure_is_reported_before_a_deletion_it_caused() {
+        let mut bad = pod(1, 1, "Failed");
+        bad.exit_code = Some(PERMANENT_EXIT_CODE);
+        let mut deleting = pod(0, 1, "Running");
+        deleting.deleting = true;
+        let Decision::AttemptFailed(f) = decide(state(1, true), &[deleting, bad]) else {
+            panic!()
+        };
+        assert_eq!(f.exit_code, Some(PERMANENT_EXIT_CODE));
+    }
+}

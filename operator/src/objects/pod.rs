@@ -1,0 +1,224 @@
+//! A worker pod: one per node and attempt, carrying the environment contract of the worker
+//! (`MASTER_ADDR`, `NODE_RANK`, …), the run config, dataset and checkpoint volumes, GPU requests,
+//! a restricted security context and the labels/annotations that scheduling and monitoring use.
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use kontrast_api::config::RunConfig;
+use kontrast_api::labels;
+use kontrast_api::v1alpha1::ContrastiveRun;
+use serde_json::{Value, json};
+
+use super::config_map::{CONFIG_DIR, CONFIG_FILE};
+use super::{names, owner, run_labels, volumes};
+
+/// Kueue's queue label.
+pub const KUEUE_QUEUE: &str = "kueue.x-k8s.io/queue-name";
+/// Kueue's pod-group label (gang admission of plain pods).
+pub const KUEUE_POD_GROUP: &str = "kueue.x-k8s.io/pod-group-name";
+/// Kueue's pod-group size annotation.
+pub const KUEUE_POD_GROUP_COUNT: &str = "kueue.x-k8s.io/pod-group-total-count";
+/// Non-root user the worker image runs as.
+pub const WORKER_UID: i64 = 65532;
+/// The extended resource GPUs are requested as.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+fn env(name: &str, value: impl ToString) -> Value {
+    json!({"name": name, "value": value.to_string()})
+}
+
+/// The restricted container security context (Pod Security Standards, "restricted").
+pub fn container_security() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": {"drop": ["ALL"]},
+    })
+}
+
+/// The pod-level security context.
+pub fn pod_security() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": WORKER_UID,
+        "runAsGroup": WORKER_UID,
+        "fsGroup": WORKER_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// Requests and limits of a container: the spec's, plus `gpus` whole GPUs.
+pub fn resources(run: &ContrastiveRun, gpus: u32) -> Value {
+    let mut requests: BTreeMap<String, String> = BTreeMap::new();
+    let mut limits: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(r) = &run.spec.resources {
+        requests.extend(r.requests.iter().map(|(k, v)| (k.clone(), v.0.clone())));
+        limits.extend(r.limits.iter().map(|(k, v)| (k.clone(), v.0.clone())));
+    }
+    if gpus > 0 {
+        requests.insert(GPU_RESOURCE.into(), gpus.to_string());
+        limits.insert(GPU_RESOURCE.into(), gpus.to_string());
+    }
+    json!({"requests": requests, "limits": limits})
+}
+
+/// Volumes and mounts shared by worker pods and evaluation pods: config, scratch, checkpoints.
+pub fn common_volumes(
+    run: &ContrastiveRun,
+    checkpoint_read_only: bool,
+) -> (Vec<Value>, Vec<Value>) {
+    let name = run.metadata.name.clone().unwrap_or_default();
+    let mut vols = vec![
+        json!({"name": "config", "configMap": {"name": names::config_map(&name)}}),
+        json!({"name": "tmp", "emptyDir": {}}),
+    ];
+    let mut mounts = vec![
+        json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true}),
+        json!({"name": "tmp", "mountPath": "/tmp"}),
+    ];
+    let ckpt = &run.spec.checkpoint;
+    match ckpt
+        .volume
+        .as_ref()
+        .and_then(|v| volumes::volume("checkpoints", v, checkpoint_read_only))
+    {
+        Some(v) => vols.push(v),
+        // Without a volume, checkpoints live as long as the pod: restarts start over. Documented.
+        None => vols.push(json!({"name": "checkpoints", "emptyDir": {}})),
+    }
+    mounts.push(json!({"name": "checkpoints", "mountPath": ckpt.mount_path(), "readOnly": checkpoint_read_only}));
+    (vols, mounts)
+}
+
+/// Scheduling fields passed through from `spec.scheduling`.
+fn scheduling(
+    run: &ContrastiveRun,
+    spec: &mut Value,
+    labels: &mut BTreeMap<String, String>,
+    annotations: &mut BTreeMap<String, String>,
+    group: &str,
+    count: u32,
+) {
+    let Some(s) = &run.spec.scheduling else {
+        return;
+    };
+    if let Some(n) = &s.scheduler_name {
+        spec["schedulerName"] = json!(n);
+    }
+    if let Some(p) = &s.priority_class_name {
+        spec["priorityClassName"] = json!(p);
+    }
+    if !s.node_selector.is_empty() {
+        spec["nodeSelector"] = json!(s.node_selector);
+    }
+    if !s.tolerations.is_empty() {
+        spec["tolerations"] = json!(s.tolerations);
+    }
+    if let Some(q) = &s.queue_name {
+        labels.insert(KUEUE_QUEUE.into(), q.clone());
+        labels.insert(KUEUE_POD_GROUP.into(), group.to_string());
+        annotations.insert(KUEUE_POD_GROUP_COUNT.into(), count.to_string());
+    }
+}
+
+/// The worker pod of `rank` in `attempt`.
+pub fn build(run: &ContrastiveRun, config: &RunConfig, attempt: u32, rank: u32) -> Pod {
+    let name = run.metadata.name.clone().unwrap_or_default();
+    let ns = run
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let world = &config.world;
+    let metrics_port = run.spec.metrics.port;
+    let mut labels = run_labels(run);
+    labels.insert(labels::ROLE.into(), "worker".into());
+    labels.insert(labels::ATTEMPT.into(), attempt.to_string());
+    labels.insert(labels::NODE_RANK.into(), rank.to_string());
+    let mut annotations = BTreeMap::from([
+        (labels::SCRAPE.to_string(), "true".to_string()),
+        (labels::SCRAPE_PORT.to_string(), metrics_port.to_string()),
+        (labels::SCRAPE_PATH.to_string(), "/metrics".to_string()),
+    ]);
+    let (mut vols, mut mounts) = common_volumes(run, false);
+    if let Some(v) = run
+        .spec
+        .dataset
+        .volume
+        .as_ref()
+        .and_then(|v| volumes::volume("dataset", v, true))
+    {
+        vols.push(v);
+        mounts.push(json!({"name": "dataset", "mountPath": run.spec.dataset.mount_path(), "readOnly": true}));
+    }
+    let checkpoint_dir = names::checkpoint_dir(run.spec.checkpoint.mount_path(), &name);
+    let env = vec![
+        env("MASTER_ADDR", names::rank_address(&name, &ns, 0)),
+        env("MASTER_PORT", run.spec.master_port),
+        env("NNODES", world.nodes),
+        env("NODE_RANK", rank),
+        env("NPROC_PER_NODE", world.procs_per_node),
+        env("WORLD_SIZE", world.world_size),
+        json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+        json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        env("KONTRAST_RUN", &name),
+        env("KONTRAST_NAMESPACE", &ns),
+        env("KONTRAST_ATTEMPT", attempt),
+        env("KONTRAST_CONFIG", format!("{CONFIG_DIR}/{CONFIG_FILE}")),
+        env("KONTRAST_CHECKPOINT_DIR", &checkpoint_dir),
+        // Later attempts must find and load the newest valid checkpoint.
+        env(
+            "KONTRAST_RESUME",
+            if attempt > 1 { "latest" } else { "none" },
+        ),
+    ];
+    let mut spec = json!({
+        "restartPolicy": "Never",
+        "hostname": names::hostname(rank),
+        "subdomain": names::service(&name),
+        "terminationGracePeriodSeconds": 30,
+        "enableServiceLinks": false,
+        "securityContext": pod_security(),
+        "containers": [{
+            "name": "worker",
+            "image": run.spec.image,
+            "command": ["kontrast", "launch"],
+            "env": env,
+            "ports": [
+                {"name": "rendezvous", "containerPort": run.spec.master_port},
+                {"name": "metrics", "containerPort": metrics_port},
+            ],
+            "resources": resources(run, run.spec.gpus_per_node),
+            "volumeMounts": mounts,
+            "securityContext": container_security(),
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }],
+        "volumes": vols,
+    });
+    if let Some(p) = run.spec.image_pull_policy {
+        spec["containers"][0]["imagePullPolicy"] = json!(p.as_str());
+    }
+    let group = format!("{name}-{attempt}");
+    scheduling(
+        run,
+        &mut spec,
+        &mut labels,
+        &mut annotations,
+        &group,
+        world.nodes,
+    );
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": names::pod(&name, attempt, rank),
+            "namespace": ns,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": owner(run),
+        },
+        "spec": spec,
+    }))
+    .expect("a Pod built from typed parts deserialises")
+}
