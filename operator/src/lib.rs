@@ -2,11 +2,14 @@
 //! last checkpoint and runs evaluation Jobs.
 #![deny(missing_docs)]
 
+pub mod conditions;
+pub mod controller;
 pub mod gang;
 pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod objects;
+pub mod progress;
 
 /// Errors the operator reports; every variant names what failed.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +22,15 @@ pub enum Error {
         /// The server's or client's message.
         message: String,
     },
+}
+
+impl Error {
+    /// Short label for the errors-by-reason metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube",
+        }
+    }
 }
 
 /// Result type of the operator library.

@@ -186,6 +186,11 @@ impl ClusterState {
         crate::node::paths::pod_dir(&self.state_dir.join("node"), namespace, name)
     }
 
+    /// The host directory behind a `hostPath` volume that is not on the node's allow-list.
+    pub fn host_path_dir(&self, path: &Path) -> PathBuf {
+        crate::node::paths::host_path_dir(&self.state_dir.join("node"), path)
+    }
+
     /// The host directory behind `persistentVolumeClaim: {claimName}` volumes in `namespace`.
     pub fn claim_dir(&self, namespace: &str, claim: &str) -> PathBuf {
         crate::node::paths::claim_dir(&self.state_dir.join("node"), namespace, claim)

@@ -35,8 +35,10 @@ impl TestCluster {
         node_bin: &str,
         adjust: impl FnOnce(&mut ClusterOptions),
     ) -> Result<Self> {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "kontrast_tests=info,kontrast_operator=info".into());
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("kontrast_tests=info")
+            .with_env_filter(filter)
             .with_test_writer()
             .try_init();
         let dir = PathBuf::from(base)

@@ -283,3 +283,10 @@ impl ContrastiveRunSpec {
         self.nodes.saturating_mul(self.procs_per_node())
     }
 }
+
+impl FailurePolicy {
+    /// `stallTimeout` in seconds; `None` when unparsable (`resolve()` rejects such specs).
+    pub fn stall_timeout_seconds(&self) -> Option<f64> {
+        super::syntax::duration_seconds(&self.stall_timeout)
+    }
+}

@@ -33,9 +33,22 @@ pub fn rank_address(run: &str, namespace: &str, rank: u32) -> String {
     )
 }
 
-/// The Job of evaluation `evaluation`.
+/// The Job of evaluation `evaluation`. Job names end up in label values (63 characters at most),
+/// so long names are cut and made unique again with a hash of the full name.
 pub fn eval_job(run: &str, evaluation: &str) -> String {
-    format!("{run}-eval-{evaluation}")
+    let full = format!("{run}-eval-{evaluation}");
+    if full.len() <= 63 {
+        return full;
+    }
+    // FNV-1a: stable across releases, unlike std's hasher.
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!(
+        "{}-{:010x}",
+        full[..52].trim_end_matches('-'),
+        hash & 0xff_ffff_ffff
+    )
 }
 
 /// The run's checkpoint directory inside the checkpoint mount.
@@ -52,6 +65,15 @@ mod tests {
         let run = "r".repeat(MAX_RUN_NAME);
         assert!(service(&run).len() <= 63);
         assert!(pod(&run, 999, 1023).len() <= 63);
+    }
+
+    #[test]
+    fn long_evaluation_job_names_are_cut_to_a_unique_label() {
+        let a = eval_job(&"r".repeat(48), &"e".repeat(63));
+        let b = eval_job(&"r".repeat(48), &format!("{}f", "e".repeat(62)));
+        assert!(a.len() <= 63 && b.len() <= 63);
+        assert_ne!(a, b);
+        assert_eq!(eval_job("r", "knn"), "r-eval-knn");
     }
 
     #[test]

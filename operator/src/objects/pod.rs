@@ -186,8 +186,8 @@ pub fn build(run: &ContrastiveRun, config: &RunConfig, attempt: u32, rank: u32) 
             "command": ["kontrast", "launch"],
             "env": env,
             "ports": [
-                {"name": "rendezvous", "containerPort": run.spec.master_port},
-                {"name": "metrics", "containerPort": metrics_port},
+                {"name": "rendezvous", "containerPort": run.spec.master_port, "protocol": "TCP"},
+                {"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"},
             ],
             "resources": resources(run, run.spec.gpus_per_node),
             "volumeMounts": mounts,

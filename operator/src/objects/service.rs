@@ -25,8 +25,8 @@ pub fn build(run: &ContrastiveRun) -> Service {
             "publishNotReadyAddresses": true,
             "selector": {labels::RUN: name, labels::ROLE: "worker"},
             "ports": [
-                {"name": "rendezvous", "port": run.spec.master_port, "targetPort": run.spec.master_port},
-                {"name": "metrics", "port": run.spec.metrics.port, "targetPort": run.spec.metrics.port},
+                {"name": "rendezvous", "port": run.spec.master_port, "targetPort": run.spec.master_port, "protocol": "TCP"},
+                {"name": "metrics", "port": run.spec.metrics.port, "targetPort": run.spec.metrics.port, "protocol": "TCP"},
             ],
         },
     }))

@@ -1,49 +1,54 @@
-//! `kontrast-standin`: a stand-in for the worker in operator tests. It honours the worker's
-//! contract (environment, progress endpoint, exit codes, termination message) with scripted
-//! behaviour instead of training, so the operator's gang logic can be tested quickly and exactly.
+//! `kontrast-standin`: a stand-in for the `kontrast` worker in operator tests. It honours the
+//! worker's contract — `kontrast launch` / `kontrast eval --evaluation NAME`, the environment,
+//! the run config at `$KONTRAST_CONFIG`, rank 0's `/progress` endpoint, exit codes and the
+//! termination message — with scripted behaviour instead of training.
 //!
-//! Behaviour comes from flags, each optionally limited to one rank and attempt, e.g.
-//! `kontrast-standin --steps 30 --fail-exit 1 --fail-rank 1 --fail-attempt 1`.
+//! The script is `standin.json` in the run's dataset directory (so one manifest field, the
+//! dataset, selects it), e.g. `{"steps": 30, "failExit": 1, "failRank": 1, "failAttempt": 1}`.
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use axum::Router;
 use axum::routing::get;
-use clap::Parser;
+use serde::Deserialize;
 
-#[derive(Parser, Debug)]
-#[command(name = "kontrast-standin")]
-struct Args {
-    /// Steps to "train"; one step every --step-ms.
-    #[arg(long, default_value_t = 20)]
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase", default)]
+struct Script {
+    /// Steps to "train"; one every `step_ms`.
     steps: u64,
-    /// Milliseconds per step.
-    #[arg(long, default_value_t = 100)]
     step_ms: u64,
-    /// Exit with this code after --fail-after-steps steps (on the chosen rank/attempt).
-    #[arg(long)]
+    /// Exit with this code at `fail_after_steps` (on the chosen rank/attempt).
     fail_exit: Option<i32>,
-    /// Step at which --fail-exit or --stall happens.
-    #[arg(long, default_value_t = 5)]
     fail_after_steps: u64,
-    /// Only this NODE_RANK fails/stalls (default: every rank).
-    #[arg(long)]
     fail_rank: Option<u32>,
-    /// Only this KONTRAST_ATTEMPT fails/stalls (default: every attempt).
-    #[arg(long)]
     fail_attempt: Option<u32>,
-    /// Stop making progress (but keep running) instead of exiting.
-    #[arg(long)]
+    /// Stop making progress instead of exiting.
     stall: bool,
-    /// Termination message written at exit (JSON for evaluation stand-ins).
-    #[arg(long)]
-    message: Option<String>,
-    /// Port of the progress endpoint (rank 0 only; the worker contract's metrics port).
-    #[arg(long, default_value_t = 9400)]
-    port: u16,
+    /// Metrics each evaluation reports.
+    eval_metrics: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Evaluations that fail.
+    eval_fail: Vec<String>,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Self {
+            steps: 20,
+            step_ms: 100,
+            fail_exit: None,
+            fail_after_steps: 5,
+            fail_rank: None,
+            fail_attempt: None,
+            stall: false,
+            eval_metrics: BTreeMap::new(),
+            eval_fail: Vec::new(),
+        }
+    }
 }
 
 fn env_u32(name: &str) -> Option<u32> {
@@ -51,36 +56,54 @@ fn env_u32(name: &str) -> Option<u32> {
 }
 
 fn write_message(msg: &str) {
-    let path =
-        std::env::var("KONTRAST_TERMINATION_LOG").unwrap_or_else(|_| "/dev/termination-log".into());
-    let _ = std::fs::write(path, msg);
+    let _ = std::fs::write("/dev/termination-log", msg);
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<()> {
-    let args = Args::parse();
+fn load() -> Result<(serde_json::Value, Script)> {
+    let path = std::env::var("KONTRAST_CONFIG").context("KONTRAST_CONFIG is not set")?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {path}"))?;
+    let dataset = config["dataset"]["path"]
+        .as_str()
+        .unwrap_or("/")
+        .to_string();
+    let script_path = std::path::Path::new(&dataset).join("standin.json");
+    let script = match std::fs::read_to_string(&script_path) {
+        Ok(t) => serde_json::from_str(&t)
+            .with_context(|| format!("parsing {}", script_path.display()))?,
+        Err(_) => Script::default(),
+    };
+    Ok((config, script))
+}
+
+async fn launch(config: serde_json::Value, s: Script) -> Result<()> {
     let rank = env_u32("NODE_RANK").unwrap_or(0);
     let attempt = env_u32("KONTRAST_ATTEMPT").unwrap_or(1);
     let targeted =
-        args.fail_rank.is_none_or(|r| r == rank) && args.fail_attempt.is_none_or(|a| a == attempt);
-    eprintln!(
-        "standin: rank {rank} attempt {attempt} env NNODES={:?} WORLD_SIZE={:?} MASTER_ADDR={:?} resume={:?}",
-        std::env::var("NNODES").ok(),
-        std::env::var("WORLD_SIZE").ok(),
-        std::env::var("MASTER_ADDR").ok(),
-        std::env::var("KONTRAST_RESUME").ok()
-    );
+        s.fail_rank.is_none_or(|r| r == rank) && s.fail_attempt.is_none_or(|a| a == attempt);
+    for var in [
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "NNODES",
+        "WORLD_SIZE",
+        "KONTRAST_CHECKPOINT_DIR",
+        "KONTRAST_RESUME",
+    ] {
+        eprintln!("standin: {var}={}", std::env::var(var).unwrap_or_default());
+    }
     let step = Arc::new(AtomicU64::new(0));
     if rank == 0 {
         let ip = std::env::var("POD_IP").unwrap_or_else(|_| "127.0.0.1".into());
-        let addr: SocketAddr = format!("{ip}:{}", args.port)
+        let port = config["metrics"]["port"].as_u64().unwrap_or(9400);
+        let addr: SocketAddr = format!("{ip}:{port}")
             .parse()
-            .context("POD_IP and --port form no address")?;
-        let (s, total) = (step.clone(), args.steps);
+            .context("POD_IP and the metrics port form no address")?;
+        let (s2, total) = (step.clone(), s.steps);
         let app = Router::new().route(
             "/progress",
             get(move || {
-                let s = s.load(Ordering::SeqCst);
+                let s = s2.load(Ordering::SeqCst);
                 async move {
                     axum::Json(serde_json::json!({
                         "epoch": s / 10, "step": s, "totalSteps": total, "loss": 10.0 / (1.0 + s as f64), "imagesPerSecond": 100.0
@@ -93,25 +116,56 @@ async fn main() -> Result<()> {
             .with_context(|| format!("binding {addr}"))?;
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
-    for s in 1..=args.steps {
-        tokio::time::sleep(Duration::from_millis(args.step_ms)).await;
-        if targeted && s == args.fail_after_steps {
-            if args.stall {
-                eprintln!("standin: stalling at step {s}");
+    for n in 1..=s.steps {
+        tokio::time::sleep(Duration::from_millis(s.step_ms)).await;
+        if targeted && n == s.fail_after_steps {
+            if s.stall {
+                eprintln!("standin: stalling at step {n}");
                 loop {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                 }
             }
-            if let Some(code) = args.fail_exit {
+            if let Some(code) = s.fail_exit {
                 write_message(&format!(
-                    "standin: failing with exit code {code} at step {s}"
+                    "standin: rank {rank} failing with exit code {code} at step {n}"
                 ));
-                eprintln!("standin: exit {code}");
                 std::process::exit(code);
             }
         }
-        step.store(s, Ordering::SeqCst);
+        step.store(n, Ordering::SeqCst);
     }
-    write_message(args.message.as_deref().unwrap_or("standin: done"));
+    // Rank 0's final progress report is its termination message (the worker contract).
+    let n = s.steps;
+    write_message(&serde_json::json!({"epoch": n / 10, "step": n, "totalSteps": n, "loss": 10.0 / (1.0 + n as f64), "imagesPerSecond": 100.0}).to_string());
     Ok(())
+}
+
+fn eval(name: &str, s: &Script) -> Result<()> {
+    if s.eval_fail.iter().any(|n| n == name) {
+        write_message(&format!("standin: evaluation {name} failed on purpose"));
+        std::process::exit(1);
+    }
+    let metrics = s.eval_metrics.get(name).cloned().unwrap_or_default();
+    write_message(
+        &serde_json::json!({"evaluation": name, "kind": "standin", "metrics": metrics}).to_string(),
+    );
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (config, script) = load()?;
+    match args.first().map(String::as_str) {
+        Some("launch") => launch(config, script).await,
+        Some("eval") => {
+            let name = args
+                .iter()
+                .skip_while(|a| *a != "--evaluation")
+                .nth(1)
+                .context("eval needs --evaluation NAME")?;
+            eval(name, &script)
+        }
+        other => bail!("kontrast-standin: unknown command {other:?} (expected launch or eval)"),
+    }
 }

@@ -1,0 +1,80 @@
+//! An evaluation Job: `kontrast eval` on the final checkpoint, one Job per `spec.evaluations[]`
+//! entry. The container writes its result JSON to the termination message, where the operator
+//! reads it.
+use k8s_openapi::api::batch::v1::Job;
+use kontrast_api::labels;
+use kontrast_api::v1alpha1::{ContrastiveRun, EvaluationSpec};
+use serde_json::json;
+
+use super::config_map::{CONFIG_DIR, CONFIG_FILE};
+use super::pod::{container_security, pod_security, resources};
+use super::{names, owner, run_labels, volumes};
+
+/// The Job of `evaluation`.
+pub fn build(run: &ContrastiveRun, evaluation: &EvaluationSpec) -> Job {
+    let name = run.metadata.name.clone().unwrap_or_default();
+    let ns = run
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let mut labels = run_labels(run);
+    labels.insert(labels::ROLE.into(), "eval".into());
+    labels.insert(labels::EVALUATION.into(), evaluation.name.clone());
+    let (mut vols, mut mounts) = super::pod::common_volumes(run, true);
+    if let Some(v) = evaluation
+        .dataset
+        .volume
+        .as_ref()
+        .and_then(|v| volumes::volume("eval-dataset", v, true))
+    {
+        vols.push(v);
+        mounts.push(json!({"name": "eval-dataset", "mountPath": evaluation.dataset.mount_path(), "readOnly": true}));
+    }
+    let metrics = &run.spec.metrics;
+    let mut env = vec![
+        json!({"name": "KONTRAST_RUN", "value": name}),
+        json!({"name": "KONTRAST_NAMESPACE", "value": ns}),
+        json!({"name": "KONTRAST_EVALUATION", "value": evaluation.name}),
+        json!({"name": "KONTRAST_CONFIG", "value": format!("{CONFIG_DIR}/{CONFIG_FILE}")}),
+        json!({"name": "KONTRAST_CHECKPOINT_DIR", "value": names::checkpoint_dir(run.spec.checkpoint.mount_path(), &name)}),
+        json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+    ];
+    if let Some(gw) = &metrics.pushgateway {
+        env.push(json!({"name": "KONTRAST_PUSHGATEWAY", "value": gw}));
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": names::eval_job(&name, &evaluation.name),
+            "namespace": ns,
+            "labels": labels,
+            "ownerReferences": owner(run),
+        },
+        "spec": {
+            // A failed evaluation is reported, not retried: its inputs do not change.
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "enableServiceLinks": false,
+                    "securityContext": pod_security(),
+                    "containers": [{
+                        "name": "eval",
+                        "image": run.spec.image,
+                        "command": ["kontrast", "eval", "--evaluation", evaluation.name],
+                        "env": env,
+                        "resources": resources(run, evaluation.gpus),
+                        "volumeMounts": mounts,
+                        "securityContext": container_security(),
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
+                    }],
+                    "volumes": vols,
+                },
+            },
+        },
+    }))
+    .expect("a Job built from typed parts deserialises")
+}
