@@ -119,6 +119,10 @@ pub async fn acquire(api: Api<Lease>, cfg: LeaseConfig) -> watch::Receiver<bool>
         let mut last_renewal = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(cfg.renew).await;
+            if tx.is_closed() {
+                // Nobody watches leadership any more: the holder stopped; let the lease expire.
+                return;
+            }
             match try_acquire(&api, &cfg).await {
                 Ok(true) => last_renewal = tokio::time::Instant::now(),
                 Ok(false) => {

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kontrast_api::v1alpha1::{ContrastiveRun, RunPhase};
 use kontrast_operator::controller::{self, Context};
+use kontrast_operator::leader::{self, LeaseConfig};
 use kontrast_operator::metrics::Metrics;
 use kontrast_tests::testing::TestCluster;
 use kontrast_tests::wait;
@@ -18,6 +19,65 @@ use kube::runtime::events::{Recorder, Reporter};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(120);
+
+type OperatorHandle = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Starts an in-process operator; with `lease`, it first wins leader election as that identity.
+fn start_operator(client: &kube::Client, lease: Option<&str>) -> OperatorHandle {
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "kontrast-operator".into(),
+                instance: Some("test".into()),
+            },
+        ),
+        client: client.clone(),
+        metrics: Metrics::new().unwrap(),
+        http: reqwest::Client::new(),
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let lease = lease.map(|identity| LeaseConfig {
+        namespace: "default".into(),
+        name: "kontrast-operator".into(),
+        identity: identity.into(),
+        duration: Duration::from_secs(6),
+        renew: Duration::from_secs(2),
+    });
+    let client = client.clone();
+    let task = tokio::spawn(async move {
+        let mut rx = rx;
+        let mut leading = None;
+        if let Some(cfg) = lease {
+            let leases = Api::namespaced(client, "default");
+            tokio::select! {
+                l = leader::acquire(leases, cfg) => leading = Some(l),
+                _ = &mut rx => return,
+            }
+        }
+        controller::run(ctx, None, 4, async move {
+            match leading.as_mut() {
+                Some(l) => tokio::select! {
+                    _ = rx => {}
+                    _ = l.wait_for(|leads| !leads) => {}
+                },
+                None => {
+                    let _ = rx.await;
+                }
+            }
+        })
+        .await;
+    });
+    (tx, task)
+}
+
+async fn stop_operator((tx, task): OperatorHandle) {
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}
 
 struct Harness {
     tc: TestCluster,
@@ -61,25 +121,10 @@ impl Harness {
         })
         .await
         .unwrap();
-        let ctx = Arc::new(Context {
-            recorder: Recorder::new(
-                tc.client.clone(),
-                Reporter {
-                    controller: "kontrast-operator".into(),
-                    instance: Some("test".into()),
-                },
-            ),
-            client: tc.client.clone(),
-            metrics: Metrics::new().unwrap(),
-            http: reqwest::Client::new(),
-        });
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let operator = tokio::spawn(controller::run(ctx, None, 4, async move {
-            let _ = rx.await;
-        }));
+        let (stop, operator) = start_operator(&tc.client, None);
         Self {
             tc,
-            stop: Some(tx),
+            stop: Some(stop),
             operator: Some(operator),
         }
     }
@@ -151,13 +196,35 @@ impl Harness {
         })
     }
 
+    /// Stops the harness's operator (to restart it, or to run replicas of its own).
+    async fn stop_operator(&mut self) {
+        if let (Some(tx), Some(op)) = (self.stop.take(), self.operator.take()) {
+            stop_operator((tx, op)).await;
+        }
+    }
+
+    fn pods(&self, ns: &str) -> Api<Pod> {
+        Api::namespaced(self.tc.client.clone(), ns)
+    }
+
+    async fn worker_pod_names(&self, ns: &str, run: &str) -> Vec<String> {
+        let lp = ListParams::default()
+            .labels(&format!("kontrast.dev/run={run},kontrast.dev/role=worker"));
+        let mut names: Vec<String> = self
+            .pods(ns)
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        names.sort();
+        names
+    }
+
     async fn finish(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(op) = self.operator.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), op).await;
-        }
+        self.stop_operator().await;
         self.tc.finish();
     }
 }
@@ -342,5 +409,211 @@ async fn an_invalid_spec_is_reported_naming_the_field_and_creates_nothing() {
         .await
         .unwrap();
     assert!(pods.items.is_empty());
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_gang_is_restarted_after_the_stall_timeout() {
+    let h = Harness::start("op-stall").await;
+    let ns = h.tc.namespace("ml").await.unwrap();
+    let script = json!({"steps": 10, "stall": true, "failAfterSteps": 3, "failAttempt": 1});
+    let runs = h
+        .run(
+            &ns,
+            "r5",
+            script,
+            json!({"failurePolicy": {"maxRestarts": 2, "stallTimeout": "10s"}}),
+        )
+        .await;
+    let run = h.wait_phase(&runs, "r5", RunPhase::Succeeded).await;
+    let status = run.status.unwrap();
+    assert_eq!((status.attempt, status.restarts), (Some(2), 1));
+    let failure = status.last_failure.unwrap();
+    assert_eq!(failure.reason, "Stalled");
+    assert!(
+        failure.message.contains("stallTimeout 10s"),
+        "{}",
+        failure.message
+    );
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspending_stops_the_gang_and_resuming_starts_a_new_uncounted_attempt() {
+    let h = Harness::start("op-suspend").await;
+    let ns = h.tc.namespace("ml").await.unwrap();
+    let runs = h.run(&ns, "r6", json!({"steps": 150}), json!({})).await;
+    h.wait_phase(&runs, "r6", RunPhase::Training).await;
+    let patch = |suspend: bool| kube::api::Patch::Merge(json!({"spec": {"suspend": suspend}}));
+    runs.patch("r6", &kube::api::PatchParams::default(), &patch(true))
+        .await
+        .unwrap();
+    h.wait_phase(&runs, "r6", RunPhase::Suspended).await;
+    wait::until(
+        "suspended pods gone",
+        T,
+        Duration::from_millis(300),
+        || async { h.worker_pod_names(&ns, "r6").await.is_empty().then_some(()) },
+    )
+    .await
+    .unwrap();
+    let script =
+        h.tc.cluster
+            .state
+            .host_path_dir(Path::new("/data/r6"))
+            .join("standin.json");
+    std::fs::write(&script, json!({"steps": 5}).to_string()).unwrap();
+    runs.patch("r6", &kube::api::PatchParams::default(), &patch(false))
+        .await
+        .unwrap();
+    let status = h
+        .wait_phase(&runs, "r6", RunPhase::Succeeded)
+        .await
+        .status
+        .unwrap();
+    assert_eq!((status.attempt, status.restarts), (Some(2), 0));
+    assert_eq!(
+        h.worker_pod_names(&ns, "r6").await,
+        ["r6-w-2-0", "r6-w-2-1"]
+    );
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_run_garbage_collects_everything_it_owns() {
+    let h = Harness::start("op-gc").await;
+    let ns = h.tc.namespace("ml").await.unwrap();
+    let evals = json!({"evaluations": [{"name": "knn", "kind": "knn",
+        "dataset": {"format": "imagefolder", "path": "/data/r7", "volume": {"hostPath": {"path": "/data/r7"}}}}]});
+    let runs = h
+        .run(
+            &ns,
+            "r7",
+            json!({"steps": 3, "evalMetrics": {"knn": {"top1": 1.0}}}),
+            evals,
+        )
+        .await;
+    h.wait_phase(&runs, "r7", RunPhase::Succeeded).await;
+    runs.delete("r7", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    let client = h.tc.client.clone();
+    wait::until(
+        "owned objects collected",
+        T,
+        Duration::from_millis(500),
+        || {
+            let (client, ns) = (client.clone(), ns.clone());
+            async move {
+                let lp = ListParams::default().labels("kontrast.dev/run=r7");
+                let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+                    .list(&lp)
+                    .await
+                    .ok()?
+                    .items
+                    .len();
+                let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                    .list(&lp)
+                    .await
+                    .ok()?
+                    .items
+                    .len();
+                let svcs = Api::<Service>::namespaced(client.clone(), &ns)
+                    .list(&lp)
+                    .await
+                    .ok()?
+                    .items
+                    .len();
+                let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client, &ns)
+                    .list(&lp)
+                    .await
+                    .ok()?
+                    .items
+                    .len();
+                (pods + cms + svcs + jobs == 0).then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_restarted_mid_run_continues_without_duplicate_pods() {
+    let mut h = Harness::start("op-restart-operator").await;
+    let ns = h.tc.namespace("ml").await.unwrap();
+    let runs = h.run(&ns, "r8", json!({"steps": 60}), json!({})).await;
+    h.wait_phase(&runs, "r8", RunPhase::Training).await;
+    h.stop_operator().await;
+    let before = h.worker_pod_names(&ns, "r8").await;
+    assert_eq!(before, ["r8-w-1-0", "r8-w-1-1"]);
+    let (tx, task) = start_operator(&h.tc.client, None);
+    h.stop = Some(tx);
+    h.operator = Some(task);
+    let status = h
+        .wait_phase(&runs, "r8", RunPhase::Succeeded)
+        .await
+        .status
+        .unwrap();
+    assert_eq!((status.attempt, status.restarts), (Some(1), 0));
+    assert_eq!(h.worker_pod_names(&ns, "r8").await, before);
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_operator_replicas_only_the_lease_holder_reconciles_and_the_other_takes_over() {
+    let mut h = Harness::start("op-leader").await;
+    h.stop_operator().await;
+    let a = start_operator(&h.tc.client, Some("replica-a"));
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(h.tc.client.clone(), "default");
+    let holder_is = |who: &'static str| {
+        let leases = leases.clone();
+        move || {
+            let leases = leases.clone();
+            async move {
+                let l = leases.get_opt("kontrast-operator").await.ok()??;
+                (l.spec?.holder_identity.as_deref() == Some(who)).then_some(())
+            }
+        }
+    };
+    wait::until(
+        "replica-a leads",
+        T,
+        Duration::from_millis(200),
+        holder_is("replica-a"),
+    )
+    .await
+    .unwrap();
+    let b = start_operator(&h.tc.client, Some("replica-b"));
+    let ns = h.tc.namespace("ml").await.unwrap();
+    let runs = h.run(&ns, "r9", json!({"steps": 5}), json!({})).await;
+    h.wait_phase(&runs, "r9", RunPhase::Succeeded).await;
+    let holder = leases
+        .get("kontrast-operator")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity;
+    assert_eq!(
+        holder.as_deref(),
+        Some("replica-a"),
+        "the standby never took the lease while the leader renewed it"
+    );
+    // The leader vanishes without releasing: the standby takes over once the lease expires.
+    a.1.abort();
+    wait::until(
+        "replica-b takes over",
+        T,
+        Duration::from_millis(500),
+        holder_is("replica-b"),
+    )
+    .await
+    .unwrap();
+    let runs2 = h.run(&ns, "r10", json!({"steps": 5}), json!({})).await;
+    h.wait_phase(&runs2, "r10", RunPhase::Succeeded).await;
+    stop_operator(b).await;
     h.finish().await;
 }
