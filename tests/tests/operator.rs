@@ -229,6 +229,22 @@ impl Harness {
     }
 }
 
+fn kubectl(h: &Harness, args: &[&str]) -> String {
+    let bin = kontrast_tests::cluster::default_kubernetes_bin().join("kubectl");
+    let out = std::process::Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(&h.tc.cluster.state.kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn env_of(pod: &Pod, name: &str) -> Option<String> {
     pod.spec.as_ref()?.containers[0]
         .env
@@ -303,6 +319,21 @@ async fn a_run_trains_on_a_gang_then_evaluates_and_reports_its_results() {
             Some("Succeeded")
         );
     }
+    // What users see through kubectl: printer columns and the field documentation.
+    let table = kubectl(&h, &["get", "crun", "-n", "ml"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "PHASE", "EPOCH", "RESTARTS", "LOSS", "AGE"],
+        "{table}"
+    );
+    assert!(table.lines().nth(1).unwrap().starts_with("r1 "), "{table}");
+    assert!(table.contains("Succeeded"), "{table}");
+    let explain = kubectl(&h, &["explain", "contrastiverun.spec.recipe"]);
+    assert!(
+        explain.contains("preset") && explain.contains("revisiting"),
+        "{explain}"
+    );
     h.finish().await;
 }
 
