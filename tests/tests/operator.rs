@@ -98,6 +98,7 @@ impl Harness {
             o.node
                 .images
                 .push(format!("kontrast-standin={}", image.display()));
+            o.node.gpus = 4;
         })
         .await
         .expect("cluster starts");
@@ -264,7 +265,7 @@ async fn a_run_trains_on_a_gang_then_evaluates_and_reports_its_results() {
             &ns,
             "r1",
             json!({"steps": 10, "evalMetrics": {"knn": {"top1": 61.5, "top5": 88.25}}}),
-            json!({"evaluations": [{"name": "knn", "kind": "knn", "dataset": {"format": "imagefolder", "path": "/data/r1", "volume": {"hostPath": {"path": "/data/r1"}}}}]}),
+            json!({"gpusPerNode": 1, "evaluations": [{"name": "knn", "kind": "knn", "dataset": {"format": "imagefolder", "path": "/data/r1", "volume": {"hostPath": {"path": "/data/r1"}}}}]}),
         )
         .await;
     let run = h.wait_phase(&runs, "r1", RunPhase::Succeeded).await;
@@ -314,6 +315,26 @@ async fn a_run_trains_on_a_gang_then_evaluates_and_reports_its_results() {
         );
         assert_eq!(env_of(p, "WORLD_SIZE").as_deref(), Some("2"));
         assert_eq!(env_of(p, "KONTRAST_RESUME").as_deref(), Some("none"));
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(
+            limits["nvidia.com/gpu"].0, "1",
+            "each pod asks for its node's GPUs"
+        );
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(
+            (sc.allow_privilege_escalation, sc.run_as_non_root),
+            (Some(false), Some(true))
+        );
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+        let psc = p.spec.as_ref().unwrap().security_context.as_ref().unwrap();
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
         assert_eq!(
             p.status.as_ref().unwrap().phase.as_deref(),
             Some("Succeeded")
@@ -647,4 +668,271 @@ async fn of_two_operator_replicas_only_the_lease_holder_reconciles_and_the_other
     h.wait_phase(&runs2, "r10", RunPhase::Succeeded).await;
     stop_operator(b).await;
     h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rank_that_keeps_failing_exhausts_max_restarts_and_fails_the_run_with_the_reason() {
+    let h = Harness::start("op-exhausted").await;
+    let ns = h.tc.namespace("ml").await.unwrap();
+    let script = json!({"steps": 10, "failExit": 1, "failRank": 0, "failAfterSteps": 2});
+    let runs = h
+        .run(
+            &ns,
+            "r11",
+            script,
+            json!({"failurePolicy": {"maxRestarts": 1, "stallTimeout": "1m"}}),
+        )
+        .await;
+    let status = h
+        .wait_phase(&runs, "r11", RunPhase::Failed)
+        .await
+        .status
+        .unwrap();
+    assert_eq!((status.attempt, status.restarts), (Some(2), 1));
+    let failed = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed")
+        .unwrap();
+    assert_eq!(failed.reason, "RestartsExhausted");
+    assert!(
+        failed.message.contains("maxRestarts (1) exhausted"),
+        "{}",
+        failed.message
+    );
+    wait::until(
+        "failed run's pods removed",
+        T,
+        Duration::from_millis(300),
+        || async {
+            h.worker_pod_names(&ns, "r11")
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    h.finish().await;
+}
+
+/// Invalid runs against the real apiserver: each is refused by the CRD schema (422 naming the
+/// field) or accepted and then marked `InvalidSpec` by the operator naming the field; either way
+/// no owned object appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_are_refused_or_marked_invalid_naming_the_field_and_create_nothing() {
+    let h = Harness::start("op-invalid-table").await;
+    let ns = h.tc.namespace("ml").await.unwrap();
+    let eval = |name: &str| json!({"name": name, "kind": "knn", "dataset": {"format": "imagefolder", "path": "/data/x"}});
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        ("zero-nodes", json!({"nodes": 0}), "spec.nodes"),
+        ("negative-nodes", json!({"nodes": -1}), "spec.nodes"),
+        ("huge-nodes", json!({"nodes": 100000}), "spec.nodes"),
+        (
+            "too-many-gpus",
+            json!({"gpusPerNode": 64}),
+            "spec.gpusPerNode",
+        ),
+        ("empty-image", json!({"image": ""}), "spec.image"),
+        (
+            "unknown-preset",
+            json!({"recipe": {"preset": "simclr"}}),
+            "spec.recipe.preset",
+        ),
+        (
+            "unknown-arch",
+            json!({"recipe": {"arch": "vit"}}),
+            "spec.recipe.arch",
+        ),
+        (
+            "zero-epochs",
+            json!({"recipe": {"epochs": 0}}),
+            "spec.recipe.epochs",
+        ),
+        (
+            "batch-not-divisible",
+            json!({"recipe": {"batchSize": 5, "moco": {"queueSize": 65}}}),
+            "spec.recipe.batchSize",
+        ),
+        (
+            "queue-not-divisible",
+            json!({"recipe": {"batchSize": 4, "moco": {"queueSize": 66}}}),
+            "spec.recipe.moco.queueSize",
+        ),
+        (
+            "zero-temperature",
+            json!({"recipe": {"batchSize": 4, "moco": {"queueSize": 64, "temperature": 0}}}),
+            "spec.recipe.moco.temperature",
+        ),
+        (
+            "momentum-above-one",
+            json!({"recipe": {"batchSize": 4, "moco": {"queueSize": 64, "momentum": 1.5}}}),
+            "spec.recipe.moco.momentum",
+        ),
+        (
+            "negative-lr",
+            json!({"recipe": {"batchSize": 4, "moco": {"queueSize": 64}, "optimizer": {"lr": -0.1}}}),
+            "spec.recipe.optimizer.lr",
+        ),
+        (
+            "reversed-crop-scale",
+            json!({"recipe": {"batchSize": 4, "moco": {"queueSize": 64}, "crops": {"large": {"scale": [0.9, 0.2]}}}}),
+            "spec.recipe.crops.large.scale",
+        ),
+        (
+            "crop-scale-above-one",
+            json!({"recipe": {"batchSize": 4, "moco": {"queueSize": 64}, "crops": {"small": {"count": 2, "scale": [0.05, 1.5]}}}}),
+            "spec.recipe.crops.small.scale",
+        ),
+        (
+            "autoaugment-on-key-crop",
+            json!({"recipe": {"batchSize": 4, "moco": {"queueSize": 64}, "autoAugment": {"crops": [1]}}}),
+            "spec.recipe.autoAugment.crops",
+        ),
+        (
+            "relative-dataset-path",
+            json!({"dataset": {"format": "imagefolder", "path": "data/x"}}),
+            "spec.dataset.path",
+        ),
+        (
+            "dataset-path-traversal",
+            json!({"dataset": {"format": "imagefolder", "path": "/data/../etc"}}),
+            "spec.dataset.path",
+        ),
+        (
+            "unknown-dataset-format",
+            json!({"dataset": {"format": "tfrecord", "path": "/data/x"}}),
+            "spec.dataset.format",
+        ),
+        (
+            "missing-dataset-path",
+            json!({"dataset": {"path": null}}),
+            "spec.dataset.path",
+        ),
+        (
+            "duplicate-evaluations",
+            json!({"evaluations": [eval("knn"), eval("knn")]}),
+            "spec.evaluations",
+        ),
+        (
+            "bad-evaluation-name",
+            json!({"evaluations": [eval("Bad_Name")]}),
+            "spec.evaluations[0].name",
+        ),
+        (
+            "bad-stall-timeout",
+            json!({"failurePolicy": {"stallTimeout": "soon"}}),
+            "spec.failurePolicy.stallTimeout",
+        ),
+        (
+            "zero-checkpoints-kept",
+            json!({"checkpoint": {"keep": 0}}),
+            "spec.checkpoint.keep",
+        ),
+        (
+            "privileged-master-port",
+            json!({"masterPort": 80}),
+            "spec.masterPort",
+        ),
+        (
+            "fp16-on-cpu",
+            json!({"recipe": {"batchSize": 4, "moco": {"queueSize": 64}, "precision": "fp16"}}),
+            "spec.recipe.precision",
+        ),
+        (
+            "name-too-long-for-dns-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            json!({}),
+            "metadata.name",
+        ),
+    ];
+    let runs: Api<ContrastiveRun> = Api::namespaced(h.tc.client.clone(), &ns);
+    let mut accepted = Vec::new();
+    for (name, patch, field) in &cases {
+        let mut spec = json!({
+            "image": "ghcr.io/kontrast-dev/kontrast-standin:test", "nodes": 2,
+            "dataset": {"format": "imagefolder", "path": "/data/x"},
+            "recipe": {"preset": "mocov2", "arch": "resnet18", "epochs": 1, "batchSize": 4, "moco": {"queueSize": 64}},
+        });
+        merge(&mut spec, patch);
+        let body = json!({"apiVersion": "kontrast.dev/v1alpha1", "kind": "ContrastiveRun", "metadata": {"name": name}, "spec": spec});
+        let dynamic: kube::api::DynamicObject = serde_json::from_value(body).unwrap();
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            h.tc.client.clone(),
+            &ns,
+            &kube::api::ApiResource::erase::<ContrastiveRun>(&()),
+        );
+        match api.create(&PostParams::default(), &dynamic).await {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 422, "{name}: {s:?}");
+                // The 1.20 apiserver names list items without their index (spec.evaluations.name).
+                let unindexed: String = field
+                    .split('[')
+                    .map(|part| part.split_once(']').map_or(part, |(_, rest)| rest))
+                    .collect();
+                assert!(
+                    s.message.contains(field) || s.message.contains(&unindexed),
+                    "{name}: refusal does not name {field}: {}",
+                    s.message
+                );
+            }
+            Err(e) => panic!("{name}: {e}"),
+            Ok(_) => accepted.push((*name, *field)),
+        }
+    }
+    for (name, field) in &accepted {
+        let run = h.wait_phase(&runs, name, RunPhase::Failed).await;
+        let ready = run
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.reason, "InvalidSpec", "{name}");
+        assert!(
+            ready.message.contains(field),
+            "{name}: InvalidSpec does not name {field}: {}",
+            ready.message
+        );
+    }
+    eprintln!(
+        "{} refused by the schema, {} marked InvalidSpec by the operator",
+        cases.len() - accepted.len(),
+        accepted.len()
+    );
+    let owned = ListParams::default().labels("kontrast.dev/run");
+    assert!(
+        Api::<ConfigMap>::namespaced(h.tc.client.clone(), &ns)
+            .list(&owned)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(h.pods(&ns).list(&owned).await.unwrap().items.is_empty());
+    assert!(
+        Api::<Service>::namespaced(h.tc.client.clone(), &ns)
+            .list(&owned)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    h.finish().await;
+}
+
+fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (base, patch) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                // null deletes, as in a JSON merge patch.
+                if v.is_null() {
+                    b.remove(k);
+                } else {
+                    merge(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
 }
