@@ -11,6 +11,7 @@ demo: setup build
 
 ## test: set up, then formatting, clippy and every test (unit, integration, real-cluster)
 test: setup lint
+	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
