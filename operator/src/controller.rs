@@ -16,7 +16,9 @@ use kontrast_api::v1alpha1::{
     CheckpointRef, ContrastiveRun, ContrastiveRunStatus, EvaluationPhase, EvaluationStatus,
     Failure, Progress, RunPhase, condition, reason,
 };
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Resource, ResourceExt};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Resource, ResourceExt,
+};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
@@ -411,6 +413,23 @@ impl Run<'_> {
                 Ok(Action::requeue(Duration::from_secs(1)))
             }
             Decision::Create(ranks) => {
+                if let Some((scheduler, group)) = objects::pod_group::build(self.run, attempt) {
+                    let api: Api<DynamicObject> = Api::namespaced_with(
+                        self.ctx.client.clone(),
+                        &self.ns,
+                        &objects::pod_group::api_resource(scheduler),
+                    );
+                    let group_name = objects::pod_group::name(&self.name, attempt);
+                    api.patch(
+                        &group_name,
+                        &PatchParams::apply(MANAGER).force(),
+                        &Patch::Apply(&group),
+                    )
+                    .await
+                    .map_err(kube_err(format!(
+                        "apply {scheduler:?} PodGroup {group_name} (is that scheduler installed?)"
+                    )))?;
+                }
                 for rank in &ranks {
                     let pod = objects::pod::build(self.run, config, attempt, *rank);
                     self.apply(&self.pods, &names::pod(&self.name, attempt, *rank), &pod)

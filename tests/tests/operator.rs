@@ -1025,3 +1025,49 @@ async fn the_operator_binary_serves_health_and_metrics_reconciles_and_releases_i
     );
     h.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_for_a_gang_scheduler_gets_a_pod_group_per_attempt() {
+    let h = Harness::start("op-podgroup").await;
+    // Volcano's PodGroup API (only its shape matters here; the default scheduler places the pods).
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "podgroups.scheduling.volcano.sh"},
+        "spec": {"group": "scheduling.volcano.sh", "scope": "Namespaced",
+                 "names": {"plural": "podgroups", "singular": "podgroup", "kind": "PodGroup"},
+                 "versions": [{"name": "v1beta1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))
+    .unwrap();
+    Api::<CustomResourceDefinition>::all(h.tc.client.clone())
+        .create(&PostParams::default(), &crd)
+        .await
+        .unwrap();
+    let ns = h.tc.namespace("ml").await.unwrap();
+    let scheduling = json!({"scheduling": {"gangScheduler": "volcano", "schedulerName": "default-scheduler", "queueName": "research"}});
+    let runs = h.run(&ns, "r13", json!({"steps": 5}), scheduling).await;
+    h.wait_phase(&runs, "r13", RunPhase::Succeeded).await;
+    let ar = kontrast_operator::objects::pod_group::api_resource(
+        kontrast_api::v1alpha1::GangScheduler::Volcano,
+    );
+    let groups: Api<kube::api::DynamicObject> = Api::namespaced_with(h.tc.client.clone(), &ns, &ar);
+    let group = groups
+        .get("r13-1")
+        .await
+        .expect("the attempt's PodGroup exists");
+    assert_eq!(
+        group.data["spec"],
+        json!({"minMember": 2, "queue": "research"})
+    );
+    assert_eq!(group.metadata.owner_references.unwrap()[0].name, "r13");
+    let pod = h.pods(&ns).get("r13-w-1-0").await.unwrap();
+    assert_eq!(
+        pod.metadata.annotations.unwrap()["scheduling.k8s.io/group-name"],
+        "r13-1"
+    );
+    assert_eq!(
+        pod.metadata.labels.unwrap()["kueue.x-k8s.io/queue-name"],
+        "research"
+    );
+    h.finish().await;
+}

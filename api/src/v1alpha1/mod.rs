@@ -28,7 +28,7 @@ pub use recipe::{
 pub use resolve::{SpecError, Violation};
 pub use run::{
     ContrastiveRun, ContrastiveRunSpec, DEFAULT_MASTER_PORT, DEFAULT_METRICS_PORT, FailurePolicy,
-    ImagePullPolicy, MetricsSpec, Resources, Scheduling,
+    GangScheduler, ImagePullPolicy, MetricsSpec, Resources, Scheduling,
 };
 pub use status::{
     CheckpointRef, ContrastiveRunStatus, EvaluationPhase, EvaluationStatus, Failure, Progress,

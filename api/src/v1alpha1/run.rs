@@ -270,6 +270,25 @@ pub struct Scheduling {
     /// Taints the pods tolerate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// Gang scheduler whose PodGroup the operator creates for every attempt, so that all the
+    /// attempt's pods are placed together or not at all: `volcano` (a
+    /// `scheduling.volcano.sh/v1beta1` PodGroup; pods default to `schedulerName: volcano`) or
+    /// `coscheduling` (a `scheduling.x-k8s.io/v1alpha1` PodGroup of the scheduler-plugins
+    /// coscheduling plugin; set `schedulerName` to the scheduler that runs it). Unset: no
+    /// PodGroup (Kueue's pod groups through `queueName` need none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::optional_enum::<GangScheduler>")]
+    pub gang_scheduler: Option<GangScheduler>,
+}
+
+/// Gang schedulers with a PodGroup API.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum GangScheduler {
+    /// Volcano (`scheduling.volcano.sh/v1beta1` PodGroup).
+    Volcano,
+    /// The scheduler-plugins coscheduling plugin (`scheduling.x-k8s.io/v1alpha1` PodGroup).
+    Coscheduling,
 }
 
 impl ContrastiveRunSpec {

@@ -6,6 +6,7 @@ pub mod config_map;
 pub mod job;
 pub mod names;
 pub mod pod;
+pub mod pod_group;
 pub mod service;
 pub mod volumes;
 

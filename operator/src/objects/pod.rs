@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Pod;
 use kontrast_api::config::RunConfig;
 use kontrast_api::labels;
-use kontrast_api::v1alpha1::ContrastiveRun;
+use kontrast_api::v1alpha1::{ContrastiveRun, GangScheduler};
 use serde_json::{Value, json};
 
 use super::config_map::{CONFIG_DIR, CONFIG_FILE};
-use super::{names, owner, run_labels, volumes};
+use super::{names, owner, pod_group, run_labels, volumes};
 
 /// Kueue's queue label.
 pub const KUEUE_QUEUE: &str = "kueue.x-k8s.io/queue-name";
@@ -115,6 +115,24 @@ fn scheduling(
     if !s.tolerations.is_empty() {
         spec["tolerations"] = json!(s.tolerations);
     }
+    match s.gang_scheduler {
+        Some(GangScheduler::Volcano) => {
+            annotations.insert(
+                pod_group::VOLCANO_GROUP_ANNOTATION.into(),
+                group.to_string(),
+            );
+            if s.scheduler_name.is_none() {
+                spec["schedulerName"] = json!("volcano");
+            }
+        }
+        Some(GangScheduler::Coscheduling) => {
+            labels.insert(
+                pod_group::COSCHEDULING_GROUP_LABEL.into(),
+                group.to_string(),
+            );
+        }
+        None => {}
+    }
     if let Some(q) = &s.queue_name {
         labels.insert(KUEUE_QUEUE.into(), q.clone());
         labels.insert(KUEUE_POD_GROUP.into(), group.to_string());
@@ -199,7 +217,7 @@ pub fn build(run: &ContrastiveRun, config: &RunConfig, attempt: u32, rank: u32) 
     if let Some(p) = run.spec.image_pull_policy {
         spec["containers"][0]["imagePullPolicy"] = json!(p.as_str());
     }
-    let group = format!("{name}-{attempt}");
+    let group = pod_group::name(&name, attempt);
     scheduling(
         run,
         &mut spec,
