@@ -394,6 +394,24 @@ async fn one_failing_rank_restarts_the_whole_gang_which_then_resumes() {
             .iter()
             .all(|p| env_of(p, "KONTRAST_RESUME").as_deref() == Some("latest"))
     );
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(h.tc.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let restart = events
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("RankFailed"))
+        .expect("a RankFailed event");
+    assert_eq!(
+        restart.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("r2")
+    );
+    assert!(
+        restart.note.as_deref().unwrap_or("").contains("rank 1"),
+        "{:?}",
+        restart.note
+    );
     h.finish().await;
 }
 
@@ -1068,6 +1086,47 @@ async fn a_run_for_a_gang_scheduler_gets_a_pod_group_per_attempt() {
     assert_eq!(
         pod.metadata.labels.unwrap()["kueue.x-k8s.io/queue-name"],
         "research"
+    );
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_evaluation_is_reported_on_its_own_and_keeps_the_training_result() {
+    let h = Harness::start("op-eval-fail").await;
+    let ns = h.tc.namespace("ml").await.unwrap();
+    let dataset = json!({"format": "imagefolder", "path": "/data/r14", "volume": {"hostPath": {"path": "/data/r14"}}});
+    let evals = json!({"evaluations": [
+        {"name": "knn", "kind": "knn", "dataset": dataset},
+        {"name": "svm", "kind": "linearSvm", "dataset": dataset},
+    ]});
+    let script = json!({"steps": 5, "evalMetrics": {"knn": {"top1": 70.0}}, "evalFail": ["svm"]});
+    let runs = h.run(&ns, "r14", script, evals).await;
+    let status = h
+        .wait_phase(&runs, "r14", RunPhase::Succeeded)
+        .await
+        .status
+        .unwrap();
+    assert_eq!(status.results["knn"]["top1"], 70.0);
+    assert!(!status.results.contains_key("svm"));
+    let svm = status.evaluations.iter().find(|e| e.name == "svm").unwrap();
+    assert_eq!(svm.phase, kontrast_api::v1alpha1::EvaluationPhase::Failed);
+    assert!(
+        svm.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("failed on purpose"),
+        "{svm:?}"
+    );
+    let evaluating = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Evaluating")
+        .unwrap();
+    assert_eq!(evaluating.reason, "EvaluationFailed");
+    assert_eq!(
+        status.progress.map(|p| p.step),
+        Some(5),
+        "the training result stays"
     );
     h.finish().await;
 }
