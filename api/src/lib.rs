@@ -9,6 +9,7 @@
 pub mod config;
 pub mod crd;
 pub mod labels;
+pub mod progress;
 pub mod v1alpha1;
 
 #[cfg(test)]

@@ -627,19 +627,7 @@ impl Run<'_> {
     async fn eval_pod_message(&self, job: &str) -> Option<String> {
         let lp = ListParams::default().labels(&format!("job-name={job}"));
         let pods = self.pods.list(&lp).await.ok()?;
-        pods.items.iter().find_map(|p| {
-            p.status
-                .as_ref()?
-                .container_statuses
-                .as_ref()?
-                .first()?
-                .state
-                .as_ref()?
-                .terminated
-                .as_ref()?
-                .message
-                .clone()
-        })
+        pods.items.iter().find_map(termination_message)
     }
 
     /// The metrics of a succeeded evaluation, from its pod's termination message.

@@ -37,6 +37,35 @@ fn sh_pod(name: &str, script: &str) -> serde_json::Value {
     })
 }
 
+/// Starts pod `sleeper` with `volume` at `/scratch` (whose host side is `host_dir`), waits until
+/// it runs and returns the pid its process wrote there.
+async fn start_sleeper(
+    tc: &TestCluster,
+    ns: &str,
+    volume: serde_json::Value,
+    host_dir: std::path::PathBuf,
+) -> u32 {
+    let mut pod = sh_pod("sleeper", "echo $$$$ > /scratch/pid; exec sleep 1000");
+    pod["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "scratch", "mountPath": "/scratch"}]);
+    let mut v = volume;
+    v["name"] = json!("scratch");
+    pod["spec"]["volumes"] = json!([v]);
+    tc.create_pod(ns, pod).await.unwrap();
+    tc.wait_phase(ns, "sleeper", &["Running"], T).await.unwrap();
+    let pid_file = host_dir.join("pid");
+    kontrast_tests::wait::until("pid file", T, Duration::from_millis(100), || {
+        let f = pid_file.clone();
+        async move {
+            std::fs::read_to_string(f)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        }
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_comes_up_reports_v1_20_2_and_its_node_is_ready() {
     let tc = start("version").await;
@@ -169,29 +198,12 @@ async fn a_failing_command_ends_failed_with_its_exit_code() {
 async fn deleting_a_running_pod_kills_its_process() {
     let tc = start("delete").await;
     let ns = tc.namespace("t").await.unwrap();
-    let mut pod = sh_pod("sleeper", "echo $$$$ > /scratch/pid; exec sleep 1000");
-    pod["spec"]["containers"][0]["volumeMounts"] =
-        json!([{"name": "scratch", "mountPath": "/scratch"}]);
-    pod["spec"]["volumes"] = json!([{"name": "scratch", "emptyDir": {}}]);
-    tc.create_pod(&ns, pod).await.unwrap();
-    tc.wait_phase(&ns, "sleeper", &["Running"], T)
-        .await
-        .unwrap();
-    let pid_file = tc
+    let scratch = tc
         .cluster
         .state
         .pod_dir(&ns, "sleeper")
-        .join("volumes/scratch/pid");
-    let pid: u32 = kontrast_tests::wait::until("pid file", T, Duration::from_millis(100), || {
-        let f = pid_file.clone();
-        async move {
-            std::fs::read_to_string(f)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-        }
-    })
-    .await
-    .unwrap();
+        .join("volumes/scratch");
+    let pid = start_sleeper(&tc, &ns, json!({"emptyDir": {}}), scratch).await;
     assert!(
         std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "the pod's process runs"
@@ -440,26 +452,14 @@ async fn stopping_the_cluster_kills_the_processes_of_running_pods() {
     let tc = start("shutdown").await;
     let ns = tc.namespace("t").await.unwrap();
     tc.create_claim(&ns, "data").await.unwrap();
-    let mut pod = sh_pod("sleeper", "echo $$$$ > /scratch/pid; exec sleep 1000");
-    pod["spec"]["containers"][0]["volumeMounts"] =
-        json!([{"name": "scratch", "mountPath": "/scratch"}]);
-    pod["spec"]["volumes"] =
-        json!([{"name": "scratch", "persistentVolumeClaim": {"claimName": "data"}}]);
-    tc.create_pod(&ns, pod).await.unwrap();
-    tc.wait_phase(&ns, "sleeper", &["Running"], T)
-        .await
-        .unwrap();
-    let pid_file = tc.cluster.state.claim_dir(&ns, "data").join("pid");
-    let pid: u32 = kontrast_tests::wait::until("pid file", T, Duration::from_millis(100), || {
-        let f = pid_file.clone();
-        async move {
-            std::fs::read_to_string(f)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-        }
-    })
-    .await
-    .unwrap();
+    let claim = tc.cluster.state.claim_dir(&ns, "data");
+    let pid = start_sleeper(
+        &tc,
+        &ns,
+        json!({"persistentVolumeClaim": {"claimName": "data"}}),
+        claim,
+    )
+    .await;
     tc.finish();
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use axum::Router;
 use axum::routing::get;
+use kontrast_api::progress::Report;
 use serde::Deserialize;
 
 #[derive(Deserialize, Debug)]
@@ -57,6 +58,18 @@ fn env_u32(name: &str) -> Option<u32> {
 
 fn write_message(msg: &str) {
     let _ = std::fs::write("/dev/termination-log", msg);
+}
+
+/// The progress report after `step` of `total` steps (ten steps make an "epoch").
+fn report(step: u64, total: u64) -> Report {
+    Report {
+        epoch: (step / 10) as u32,
+        step,
+        total_steps: total,
+        loss: Some(10.0 / (1.0 + step as f64)),
+        images_per_second: Some(100.0),
+        checkpoint: None,
+    }
 }
 
 fn load() -> Result<(serde_json::Value, Script)> {
@@ -104,11 +117,7 @@ async fn launch(config: serde_json::Value, s: Script) -> Result<()> {
             "/progress",
             get(move || {
                 let s = s2.load(Ordering::SeqCst);
-                async move {
-                    axum::Json(serde_json::json!({
-                        "epoch": s / 10, "step": s, "totalSteps": total, "loss": 10.0 / (1.0 + s as f64), "imagesPerSecond": 100.0
-                    }))
-                }
+                async move { axum::Json(report(s, total)) }
             }),
         );
         let listener = tokio::net::TcpListener::bind(addr)
@@ -135,8 +144,7 @@ async fn launch(config: serde_json::Value, s: Script) -> Result<()> {
         step.store(n, Ordering::SeqCst);
     }
     // Rank 0's final progress report is its termination message (the worker contract).
-    let n = s.steps;
-    write_message(&serde_json::json!({"epoch": n / 10, "step": n, "totalSteps": n, "loss": 10.0 / (1.0 + n as f64), "imagesPerSecond": 100.0}).to_string());
+    write_message(&serde_json::to_string(&report(s.steps, s.steps))?);
     Ok(())
 }
 

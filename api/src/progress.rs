@@ -1,0 +1,69 @@
+//! Rank 0's progress report: the contract between the worker, which serves it at
+//! `GET /progress` on its metrics port and leaves the final one as its termination message, and
+//! the operator, which copies it into the run's status.
+use serde::{Deserialize, Serialize};
+
+/// What rank 0 reports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// Current epoch.
+    #[serde(default)]
+    pub epoch: u32,
+    /// Optimiser steps so far (monotonic within an attempt; resumes count on from the checkpoint).
+    #[serde(default)]
+    pub step: u64,
+    /// Steps of the whole run.
+    #[serde(default)]
+    pub total_steps: u64,
+    /// Latest loss.
+    #[serde(default)]
+    pub loss: Option<f64>,
+    /// Recent throughput.
+    #[serde(default)]
+    pub images_per_second: Option<f64>,
+    /// Newest checkpoint written, if any.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointReport>,
+}
+
+/// A checkpoint rank 0 has written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct CheckpointReport {
+    /// Epoch it holds.
+    pub epoch: u32,
+    /// Its path inside the pod.
+    pub path: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_report_parses_and_unknown_fields_are_ignored() {
+        let r: Report = serde_json::from_str(
+            r#"{"epoch": 2, "step": 40, "totalSteps": 100, "loss": 6.5, "extra": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.epoch, r.step, r.total_steps, r.loss),
+            (2, 40, 100, Some(6.5))
+        );
+    }
+
+    #[test]
+    fn a_report_round_trips_in_camel_case() {
+        let r = Report {
+            epoch: 1,
+            step: 2,
+            total_steps: 3,
+            loss: None,
+            images_per_second: Some(9.5),
+            checkpoint: None,
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains("\"imagesPerSecond\":9.5"), "{text}");
+        assert_eq!(serde_json::from_str::<Report>(&text).unwrap(), r);
+    }
+}
