@@ -429,7 +429,7 @@ async fn a_permanent_exit_code_fails_the_run_without_a_restart() {
         .await;
     let run = h.wait_phase(&runs, "r3", RunPhase::Failed).await;
     let status = run.status.unwrap();
-    assert_eq!(status.restarts, 0);
+    assert_eq!(status.restarts, 0, "{status:?}");
     let failed = status
         .conditions
         .iter()

@@ -50,6 +50,24 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// Drops the mounts that would hide the program from itself: pods share the host's file system,
+/// so an emptyDir at `/tmp` would cover a build under `/tmp` (a real container has its own root
+/// instead). The container then sees the host's directory there; the node logs it.
+pub fn keep_program_visible(mounts: Vec<Mount>, program: &Path, pod: &str) -> Vec<Mount> {
+    let real = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
+    mounts
+        .into_iter()
+        .filter(|m| {
+            let hides = program.starts_with(&m.target) || real.starts_with(&m.target);
+            if hides {
+                tracing::warn!(pod, target = %m.target.display(), program = %real.display(),
+                    "not mounting a volume over the directory holding the program; the pod sees the host's directory");
+            }
+            !hides
+        })
+        .collect()
+}
+
 /// Makes sure a mount target exists (bind mounts need one): a file for file sources, a
 /// directory otherwise.
 fn ensure_target(m: &Mount) -> std::io::Result<()> {
@@ -164,6 +182,21 @@ pub fn signal(pid: u32, sig: libc::c_int) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mounts_over_the_programs_directory_are_dropped_and_others_kept() {
+        let m = |t: &str| Mount {
+            source: "/s".into(),
+            target: t.into(),
+            read_only: false,
+        };
+        let kept = keep_program_visible(
+            vec![m("/tmp"), m("/etc/kontrast"), m("/tmp/other")],
+            Path::new("/tmp/build/kontrast"),
+            "p",
+        );
+        assert_eq!(kept, vec![m("/etc/kontrast"), m("/tmp/other")]);
+    }
 
     #[test]
     fn programs_are_found_in_the_image_directory_first_then_on_path() {

@@ -307,6 +307,7 @@ impl PodRun {
                     ),
                     Some(program) => (
                         Some(Launch {
+                            mounts: container::keep_program_visible(mounts, &program, &self.name),
                             program,
                             args: args.to_vec(),
                             env: envs,
@@ -316,7 +317,6 @@ impl PodRun {
                                     .map(PathBuf::from)
                                     .unwrap_or_else(|| self.dir.join("work")),
                             ),
-                            mounts,
                             log: self.log_path(&c.name),
                             hostname: hostname.to_string(),
                         }),
@@ -357,7 +357,9 @@ impl PodRun {
             finished: now(),
         };
         let Some(launch) = &p.launch else {
-            return Err(failed(p.start_error.clone().unwrap_or_default()));
+            let message = p.start_error.clone().unwrap_or_default();
+            tracing::warn!(pod = %self.name, container = %p.spec.name, %message, "container cannot start");
+            return Err(failed(message));
         };
         let _ = std::fs::write(&p.termination_file, b"");
         match container::spawn(launch) {
@@ -370,10 +372,11 @@ impl PodRun {
                     started: now(),
                 })
             }
-            Err(e) => Err(failed(format!(
-                "starting {}: {e}",
-                launch.program.display()
-            ))),
+            Err(e) => {
+                let message = format!("starting {}: {e}", launch.program.display());
+                tracing::warn!(pod = %self.name, container = %p.spec.name, %message, "container cannot start");
+                Err(failed(message))
+            }
         }
     }
 
