@@ -437,6 +437,11 @@ impl Run<'_> {
                 }
                 tracing::info!(run = %self.name, attempt, ranks = ?ranks, "created worker pods");
                 self.status.start_time.get_or_insert_with(now);
+                // The stall clock of a new attempt starts now, not at the previous attempt's
+                // last step (whose numbers the new rank 0 may repeat while it resumes).
+                if let Some(p) = self.status.progress.as_mut() {
+                    p.updated_at = Some(now());
+                }
                 self.set_phase(RunPhase::Training);
                 let msg = format!(
                     "attempt {attempt}: {} worker pods created",
