@@ -4,7 +4,7 @@ use kontrast_api::config::RunConfig;
 use kontrast_api::v1alpha1::ContrastiveRun;
 use serde_json::json;
 
-use super::{names, owner, run_labels};
+use super::{metadata, names, run_labels};
 
 /// File name of the config inside the mounted ConfigMap.
 pub use kontrast_api::config::CONFIG_KEY as CONFIG_FILE;
@@ -17,12 +17,7 @@ pub fn build(run: &ContrastiveRun, config: &RunConfig) -> ConfigMap {
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {
-            "name": names::config_map(&name),
-            "namespace": run.metadata.namespace,
-            "labels": run_labels(run),
-            "ownerReferences": owner(run),
-        },
+        "metadata": metadata(run, &names::config_map(&name), &run_labels(run)),
         "data": {CONFIG_FILE: config.to_json()},
     }))
     .expect("a ConfigMap built from typed parts deserialises")

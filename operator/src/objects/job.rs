@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::config_map::{CONFIG_DIR, CONFIG_FILE};
 use super::pod::{container_security, pod_security, resources};
-use super::{names, owner, run_labels, volumes};
+use super::{metadata, names, run_labels, volumes};
 
 /// The Job of `evaluation`.
 pub fn build(run: &ContrastiveRun, evaluation: &EvaluationSpec) -> Job {
@@ -46,12 +46,7 @@ pub fn build(run: &ContrastiveRun, evaluation: &EvaluationSpec) -> Job {
     serde_json::from_value(json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            "name": names::eval_job(&name, &evaluation.name),
-            "namespace": ns,
-            "labels": labels,
-            "ownerReferences": owner(run),
-        },
+        "metadata": metadata(run, &names::eval_job(&name, &evaluation.name), &labels),
         "spec": {
             // A failed evaluation is reported, not retried: its inputs do not change.
             "backoffLimit": 0,

@@ -31,6 +31,20 @@ pub fn run_labels(run: &ContrastiveRun) -> BTreeMap<String, String> {
     ])
 }
 
+/// Metadata of an object `name` owned by `run`, in the run's namespace.
+pub fn metadata(
+    run: &ContrastiveRun,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "namespace": run.metadata.namespace.as_deref().unwrap_or("default"),
+        "labels": labels,
+        "ownerReferences": owner(run),
+    })
+}
+
 /// The controller owner reference to `run`.
 pub fn owner(run: &ContrastiveRun) -> Vec<OwnerReference> {
     run.controller_owner_ref(&()).into_iter().collect()

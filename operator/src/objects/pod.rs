@@ -10,7 +10,7 @@ use kontrast_api::v1alpha1::{ContrastiveRun, GangScheduler};
 use serde_json::{Value, json};
 
 use super::config_map::{CONFIG_DIR, CONFIG_FILE};
-use super::{names, owner, pod_group, run_labels, volumes};
+use super::{metadata, names, pod_group, run_labels, volumes};
 
 /// Kueue's queue label.
 pub const KUEUE_QUEUE: &str = "kueue.x-k8s.io/queue-name";
@@ -226,16 +226,12 @@ pub fn build(run: &ContrastiveRun, config: &RunConfig, attempt: u32, rank: u32) 
         &group,
         world.nodes,
     );
+    let mut meta = metadata(run, &names::pod(&name, attempt, rank), &labels);
+    meta["annotations"] = json!(annotations);
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": names::pod(&name, attempt, rank),
-            "namespace": ns,
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": owner(run),
-        },
+        "metadata": meta,
         "spec": spec,
     }))
     .expect("a Pod built from typed parts deserialises")

@@ -5,7 +5,7 @@ use kontrast_api::v1alpha1::{ContrastiveRun, GangScheduler};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 
-use super::{owner, run_labels};
+use super::{metadata, run_labels};
 
 /// Pod annotation naming a Volcano PodGroup.
 pub const VOLCANO_GROUP_ANNOTATION: &str = "scheduling.k8s.io/group-name";
@@ -45,12 +45,7 @@ pub fn build(run: &ContrastiveRun, attempt: u32) -> Option<(GangScheduler, Dynam
     let obj = json!({
         "apiVersion": ar.api_version,
         "kind": ar.kind,
-        "metadata": {
-            "name": name(&run_name, attempt),
-            "namespace": run.metadata.namespace,
-            "labels": run_labels(run),
-            "ownerReferences": owner(run),
-        },
+        "metadata": metadata(run, &name(&run_name, attempt), &run_labels(run)),
         "spec": spec,
     });
     serde_json::from_value(obj).ok().map(|o| (scheduler, o))

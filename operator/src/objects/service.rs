@@ -6,7 +6,7 @@ use kontrast_api::labels;
 use kontrast_api::v1alpha1::ContrastiveRun;
 use serde_json::json;
 
-use super::{names, owner, run_labels};
+use super::{metadata, names, run_labels};
 
 /// The headless Service of `run`.
 pub fn build(run: &ContrastiveRun) -> Service {
@@ -14,12 +14,7 @@ pub fn build(run: &ContrastiveRun) -> Service {
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": names::service(&name),
-            "namespace": run.metadata.namespace,
-            "labels": run_labels(run),
-            "ownerReferences": owner(run),
-        },
+        "metadata": metadata(run, &names::service(&name), &run_labels(run)),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": true,
