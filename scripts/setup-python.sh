@@ -13,8 +13,21 @@ link_libtorch() {
   ln -sfn "$("$VENV/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')" "$REPO_ROOT/.libtorch"
 }
 
+# Header-only CUDA wheels for `cargo build -p kontrast-worker --features nccl`: torch's CUDA
+# dependencies ship the runtime and NCCL headers but not crt/ and nv/, which the c10d NCCL headers
+# include. Pinned to what cuda-toolkit 13.0.3 (torch 2.13's cu130 toolkit) lists.
+HEADER_WHEELS=(nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85)
+HEADER_STAMP="$VENV/.kontrast-header-wheels"
+install_header_wheels() {
+  [ -f "$HEADER_STAMP" ] && [ "$(cat "$HEADER_STAMP")" = "${HEADER_WHEELS[*]}" ] && return 0
+  log "installing CUDA header wheels: ${HEADER_WHEELS[*]}"
+  "$VENV/bin/python" -m pip install -q --progress-bar off --no-deps "${HEADER_WHEELS[@]}"
+  printf '%s' "${HEADER_WHEELS[*]}" > "$HEADER_STAMP"
+}
+
 if [ -f "$STAMP" ] && cmp -s "$STAMP" "$REQ" && "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
   log "python venv up to date: $VENV (torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'))"
+  install_header_wheels
   link_libtorch
   exit 0
 fi
@@ -26,6 +39,7 @@ log "installing $(grep -cv '^#' "$REQ") Python requirements into $VENV (torch is
 "$VENV/bin/python" -m pip install --progress-bar off -r "$REQ"
 "$VENV/bin/python" -c 'import torch, sys; assert torch.__version__.startswith("2.13.0"), torch.__version__; print("torch", torch.__version__, file=sys.stderr)'
 cp "$REQ" "$STAMP"
+install_header_wheels
 log "python venv ready: $VENV"
 
 link_libtorch

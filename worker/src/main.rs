@@ -1,8 +1,9 @@
-//! `kontrast`: the worker binary. Subcommands are added as the training and evaluation halves land.
+//! `kontrast`: the worker binary. Only wiring: the work lives in the `kontrast_worker` library.
+use std::process::ExitCode;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-
-mod info;
+use kontrast_worker::info;
 
 #[derive(Parser)]
 #[command(
@@ -19,9 +20,14 @@ struct Cli {
 enum Command {
     /// Print what this worker can use: libtorch build, devices, threads (JSON).
     Info,
+    /// Start and supervise this node's ranks (`kontrast train` by default); the pod's command.
+    Launch(kontrast_worker::launch::Args),
+    /// Join the gang (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and check its collectives and
+    /// all-reduce bandwidth (one JSON line per rank).
+    Collectives(kontrast_worker::dist::check::Args),
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -34,6 +40,8 @@ fn main() -> Result<()> {
             let report = info::Report::probe()?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
+        Command::Launch(args) => return Ok(kontrast_worker::launch::run(args)?),
+        Command::Collectives(args) => return Ok(kontrast_worker::dist::check::run(args)?),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

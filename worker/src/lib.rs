@@ -1,0 +1,13 @@
+//! The Kontrast worker: MoCo v2 and "Revisiting Contrastive Methods" pre-training on libtorch,
+//! data-parallel over PyTorch's c10d process groups, with checkpoints and metrics.
+//!
+//! The `kontrast` binary (`src/main.rs`) only wires these modules to its command line.
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+pub mod dist;
+pub mod info;
+pub mod launch;
+pub mod model;
+pub mod telemetry;
+pub mod train;

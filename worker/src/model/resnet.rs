@@ -1,0 +1,184 @@
+//! ResNet-18 and ResNet-50 in torchvision's v1.5 layout (stride on the bottleneck's 3×3),
+//! registered under torchvision's `state_dict` names so published checkpoints map 1:1, with
+//! torchvision's default initialisation.
+use kontrast_api::config::Arch;
+use tch::Tensor;
+
+use super::batch_norm::BatchNorm2d;
+use super::params::Scope;
+
+/// A bias-free 2-D convolution.
+#[derive(Debug)]
+pub struct Conv2d {
+    weight: Tensor,
+    stride: i64,
+    padding: i64,
+    dilation: i64,
+}
+
+impl Conv2d {
+    /// Registers `name.weight` (out×in×k×k), Kaiming-normal with fan-out and ReLU gain, as
+    /// torchvision's ResNet does.
+    fn new(scope: &mut Scope<'_>, name: &str, cin: i64, cout: i64, k: i64, stride: i64) -> Self {
+        let std = (2.0 / (cout * k * k) as f64).sqrt();
+        let init = Tensor::randn([cout, cin, k, k], scope.float()) * std;
+        let weight = scope.sub(name).parameter("weight", init);
+        Self {
+            weight,
+            stride,
+            padding: k / 2,
+            dilation: 1,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(
+            &self.weight,
+            None::<Tensor>,
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            [self.dilation, self.dilation],
+            1,
+        )
+    }
+}
+
+/// The shortcut of a block whose shape changes: 1×1 convolution + BN (`downsample.0/1`).
+#[derive(Debug)]
+struct Downsample {
+    conv: Conv2d,
+    bn: BatchNorm2d,
+}
+
+/// A residual block: basic (two 3×3) for ResNet-18, bottleneck (1×1, 3×3, 1×1) for ResNet-50.
+#[derive(Debug)]
+struct Block {
+    convs: Vec<Conv2d>,
+    bns: Vec<BatchNorm2d>,
+    downsample: Option<Downsample>,
+}
+
+impl Block {
+    fn new(mut scope: Scope<'_>, arch: Arch, cin: i64, planes: i64, stride: i64) -> Self {
+        let (specs, cout): (Vec<(i64, i64, i64, i64)>, i64) = match arch {
+            // (in, out, kernel, stride) per convolution.
+            Arch::Resnet18 => (
+                vec![(cin, planes, 3, stride), (planes, planes, 3, 1)],
+                planes,
+            ),
+            Arch::Resnet50 => (
+                vec![
+                    (cin, planes, 1, 1),
+                    (planes, planes, 3, stride),
+                    (planes, planes * 4, 1, 1),
+                ],
+                planes * 4,
+            ),
+        };
+        let mut convs = Vec::new();
+        let mut bns = Vec::new();
+        for (i, (a, b, k, s)) in specs.into_iter().enumerate() {
+            convs.push(Conv2d::new(
+                &mut scope,
+                &format!("conv{}", i + 1),
+                a,
+                b,
+                k,
+                s,
+            ));
+            bns.push(BatchNorm2d::new(scope.sub(format!("bn{}", i + 1)), b));
+        }
+        let downsample = (stride != 1 || cin != cout).then(|| {
+            let mut ds = scope.sub("downsample");
+            let conv = Conv2d::new(&mut ds, "0", cin, cout, 1, stride);
+            let bn = BatchNorm2d::new(ds.sub("1"), cout);
+            Downsample { conv, bn }
+        });
+        Self {
+            convs,
+            bns,
+            downsample,
+        }
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let last = self.convs.len() - 1;
+        let mut y = x.shallow_clone();
+        for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
+            y = bn.forward_t(&conv.forward(&y), train);
+            if i != last {
+                y = y.relu();
+            }
+        }
+        let identity = match &self.downsample {
+            Some(d) => d.bn.forward_t(&d.conv.forward(x), train),
+            None => x.shallow_clone(),
+        };
+        (y + identity).relu()
+    }
+}
+
+/// A ResNet trunk without its classifier: image batch → pooled features.
+#[derive(Debug)]
+pub struct ResNet {
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    max_pool: bool,
+    layers: Vec<Vec<Block>>,
+    feature_dim: i64,
+}
+
+impl ResNet {
+    /// Registers the trunk's tensors in `scope`. `cifar_stem` swaps the 7×7/2 convolution and the
+    /// max-pool for one 3×3/1 convolution (for images of a few dozen pixels).
+    pub fn new(mut scope: Scope<'_>, arch: Arch, cifar_stem: bool) -> Self {
+        let conv1 = if cifar_stem {
+            Conv2d::new(&mut scope, "conv1", 3, 64, 3, 1)
+        } else {
+            Conv2d::new(&mut scope, "conv1", 3, 64, 7, 2)
+        };
+        let bn1 = BatchNorm2d::new(scope.sub("bn1"), 64);
+        let (depths, expansion) = match arch {
+            Arch::Resnet18 => ([2, 2, 2, 2], 1),
+            Arch::Resnet50 => ([3, 4, 6, 3], 4),
+        };
+        let mut cin = 64;
+        let mut layers = Vec::new();
+        for (l, (&depth, planes)) in depths.iter().zip([64, 128, 256, 512]).enumerate() {
+            let mut layer_scope = scope.sub(format!("layer{}", l + 1));
+            let mut blocks = Vec::new();
+            for b in 0..depth {
+                let stride = if l > 0 && b == 0 { 2 } else { 1 };
+                blocks.push(Block::new(layer_scope.sub(b), arch, cin, planes, stride));
+                cin = planes * expansion;
+            }
+            layers.push(blocks);
+        }
+        Self {
+            conv1,
+            bn1,
+            max_pool: !cifar_stem,
+            layers,
+            feature_dim: cin,
+        }
+    }
+
+    /// Width of the pooled features (512 or 2048).
+    pub fn feature_dim(&self) -> i64 {
+        self.feature_dim
+    }
+
+    /// N×3×H×W images → N×C pooled features.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = self.bn1.forward_t(&self.conv1.forward(x), train).relu();
+        if self.max_pool {
+            y = y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        }
+        for layer in &self.layers {
+            for block in layer {
+                y = block.forward_t(&y, train);
+            }
+        }
+        y.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+    }
+}
