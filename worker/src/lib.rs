@@ -6,7 +6,9 @@
 
 pub mod checkpoint;
 pub mod dist;
+pub mod eval;
 pub mod info;
+pub mod input;
 pub mod launch;
 pub mod model;
 pub mod telemetry;

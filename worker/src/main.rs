@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Print what this worker can use: libtorch build, devices, threads (JSON).
     Info,
+    /// Train one rank (started by `launch`), or a whole single-process run on this machine.
+    Train(kontrast_worker::train::cli::Args),
     /// Start and supervise this node's ranks (`kontrast train` by default); the pod's command.
     Launch(kontrast_worker::launch::Args),
     /// Join the gang (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and check its collectives and
@@ -40,6 +42,7 @@ fn main() -> Result<ExitCode> {
             let report = info::Report::probe()?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
+        Command::Train(args) => return Ok(kontrast_worker::train::cli::run(args)),
         Command::Launch(args) => return Ok(kontrast_worker::launch::run(args)?),
         Command::Collectives(args) => return Ok(kontrast_worker::dist::check::run(args)?),
     }

@@ -259,6 +259,7 @@ fn resnet50_mocov2() -> MocoSpec {
         momentum: 0.99,
         temperature: 0.2,
         knn: None,
+        shuffle_keys: true,
     }
 }
 
@@ -298,6 +299,7 @@ fn resnet18_revisiting() -> MocoSpec {
         momentum: 0.9,
         temperature: 0.2,
         knn: Some((5, 0.4)),
+        shuffle_keys: true,
     }
 }
 

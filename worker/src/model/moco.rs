@@ -28,6 +28,9 @@ pub struct MocoSpec {
     pub temperature: f64,
     /// kNN loss: (neighbours, weight), or `None` without the second queue.
     pub knn: Option<(i64, f64)>,
+    /// Shuffle BN on the key branch across the gang (MoCo's default). Off, each rank encodes its
+    /// own keys, which only tests use: it makes a gang's step equal a single process's.
+    pub shuffle_keys: bool,
 }
 
 /// A backbone and its head.
@@ -49,7 +52,8 @@ impl Encoder {
 
 /// One step's views of a batch of b images.
 pub struct Views {
-    /// b×3×L×L: crop 0, the query.
+    /// (b·Lq)×3×L×L: the large query crops (crop 0, and any large crops beyond the key),
+    /// image-major.
     pub query: Tensor,
     /// b×3×L×L: crop 1, the key.
     pub key: Tensor,
@@ -149,6 +153,15 @@ impl Moco {
         self.pairs.iter().map(|(q, _)| q.shallow_clone()).collect()
     }
 
+    /// The query encoder's parameters with their names, in the order of [`Moco::trainable`].
+    pub fn trainable_named(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .parameters()
+            .filter(|e| e.name.starts_with("encoder_q."))
+            .map(|e| (e.name.clone(), e.tensor.shallow_clone()))
+            .collect()
+    }
+
     /// The query encoder (for evaluation and export).
     pub fn encoder_q(&self) -> &Encoder {
         &self.encoder_q
@@ -214,33 +227,27 @@ impl Moco {
         knn_active: bool,
         gang: Option<&dyn Gang>,
     ) -> Result<Forward, ModelError> {
-        let b = views.query.size()[0];
-        let (h_large, z_large) = self.encoder_q.forward_t(&views.query, true);
-        let (mut h, mut z) = (h_large, z_large);
-        let mut rows_per_image = 1;
+        let b = views.key.size()[0].max(1);
+        // Rows per image in each query pass (1 for the usual single large query crop).
+        let large_rows = views.query.size()[0] / b;
+        let (mut h, mut z) = self.encoder_q.forward_t(&views.query, true);
+        let mut small_rows = 0;
         if let Some(small) = &views.small {
-            let s = small.size()[0] / b.max(1);
+            small_rows = small.size()[0] / b;
             let (h_small, z_small) = self.encoder_q.forward_t(small, true);
             h = Tensor::cat(&[&h, &h_small], 0);
             z = Tensor::cat(&[&z, &z_small], 0);
-            rows_per_image += s;
         }
-        let q = l2_normalize(&z, 1); // R×dim, R = b·(1+S): large rows, then small rows image-major
+        let q = l2_normalize(&z, 1); // R×dim: the large rows, then the small rows, image-major
 
         self.momentum_update();
         let (k_local, keys, key_features) = tch::no_grad(|| self.encode_keys(&views.key, gang))?;
-        // Row r's positive: large rows 0..b use image r; small row b + i·S + j uses image i.
-        let k_rows = if rows_per_image > 1 {
-            Tensor::cat(
-                &[
-                    &k_local,
-                    &k_local.repeat_interleave_self_int(rows_per_image - 1, 0, None),
-                ],
-                0,
-            )
-        } else {
-            k_local
-        };
+        // Every query row of image i has key i as its positive.
+        let mut positives = vec![k_local.repeat_interleave_self_int(large_rows, 0, None)];
+        if small_rows > 0 {
+            positives.push(k_local.repeat_interleave_self_int(small_rows, 0, None));
+        }
+        let k_rows = Tensor::cat(&positives, 0);
 
         let knn = match (self.spec.knn, &self.queue_features, knn_active) {
             (Some((top_k, weight)), Some(queue_features), true) => {
@@ -294,6 +301,12 @@ impl Moco {
         };
         let b = im_k.size()[0];
         let (rank, world) = (gang.rank() as i64, gang.world_size() as i64);
+        if !self.spec.shuffle_keys {
+            let (k, h) = encode(im_k);
+            let keys = gang.all_gather(&k)?;
+            let features = gang.all_gather(&h)?;
+            return Ok((k, keys, features));
+        }
         let all = gang.all_gather(im_k)?; // B×3×L×L
         let total = all.size()[0];
         let mut perm = if rank == 0 {

@@ -1,4 +1,11 @@
 //! The training loop: MoCo v2 and the Revisiting recipe.
+pub mod cli;
+pub mod config;
+pub mod error;
 pub mod schedule;
 pub mod sgd;
+pub mod state;
 pub mod step;
+pub mod trainer;
+
+pub use error::TrainError;
