@@ -11,6 +11,9 @@ demo: setup build
 
 ## test: set up, then formatting, clippy and every test (unit, integration, real-cluster)
 test: setup lint
+	@# The NCCL path must keep compiling and linking without a GPU; the default build follows, so
+	@# target/debug/kontrast is the Gloo-only binary the tests run.
+	$(CARGO) build -p kontrast-worker --features nccl --bins
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \

@@ -272,26 +272,28 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
     let mut start_epoch = 0;
     let mut step = 0;
     let mut last_checkpoint = None;
-    if let (Some(store), true) = (&store, options.resume) {
-        if let Some(loaded) = store.latest()? {
-            for s in &loaded.skipped {
-                warn!(epoch = s.epoch, reason = %s.reason, "skipping an unusable checkpoint");
-            }
-            if loaded.manifest.config_hash != config_hash {
-                return Err(TrainError::IncompatibleCheckpoint {
-                    path: loaded.path.clone(),
-                    reason: "it was written by a run with another recipe or data set".into(),
-                });
-            }
-            state::restore(&moco, &mut sgd, &loaded)?;
-            start_epoch = loaded.manifest.epoch;
-            step = loaded.manifest.step;
-            last_checkpoint = Some(CheckpointReport {
-                epoch: loaded.manifest.epoch,
-                path: loaded.path.display().to_string(),
-            });
-            info!(epoch = start_epoch, step, path = %loaded.path.display(), "resumed");
+    let resumable = match (&store, options.resume) {
+        (Some(store), true) => store.latest()?,
+        _ => None,
+    };
+    if let Some(loaded) = resumable {
+        for s in &loaded.skipped {
+            warn!(epoch = s.epoch, reason = %s.reason, "skipping an unusable checkpoint");
         }
+        if loaded.manifest.config_hash != config_hash {
+            return Err(TrainError::IncompatibleCheckpoint {
+                path: loaded.path.clone(),
+                reason: "it was written by a run with another recipe or data set".into(),
+            });
+        }
+        state::restore(&moco, &mut sgd, &loaded)?;
+        start_epoch = loaded.manifest.epoch;
+        step = loaded.manifest.step;
+        last_checkpoint = Some(CheckpointReport {
+            epoch: loaded.manifest.epoch,
+            path: loaded.path.display().to_string(),
+        });
+        info!(epoch = start_epoch, step, path = %loaded.path.display(), "resumed");
     }
     let mut reducer = match &pg {
         Some(pg) => {
