@@ -5,6 +5,7 @@ use kontrast_data::{Dataset, EvalTransform, Loader, LoaderConfig, MultiCropSpec,
 use tch::{Device, Kind, Tensor};
 
 use crate::input::normalized;
+use crate::model::moco::Encoder;
 use crate::model::resnet::ResNet;
 
 use super::EvalError;
@@ -43,10 +44,21 @@ pub fn extract(
     ))
 }
 
-/// Features of two independently augmented views of every image in `dataset` (the training
-/// augmentation `spec`, views 0 and 1), rows aligned: what positive-pair retrieval compares.
+/// Which output of an encoder to compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Representation {
+    /// Pooled backbone features (what downstream tasks use).
+    Backbone,
+    /// The projection head's output (what the contrastive loss compares).
+    Projection,
+}
+
+/// Normalised features of two independently augmented views of every image in `dataset` (the
+/// training augmentation `spec`, views 0 and 1), in evaluation mode, rows aligned: what
+/// positive-pair retrieval compares.
 pub fn paired_views(
-    backbone: &ResNet,
+    encoder: &Encoder,
+    representation: Representation,
     dataset: Arc<Dataset>,
     spec: MultiCropSpec,
     config: LoaderConfig,
@@ -57,13 +69,16 @@ pub fn paired_views(
     for batch in Loader::new(dataset, &sampler, spec, config)? {
         let batch = batch?;
         let n = batch.indices.len();
+        let embed = |i: usize| {
+            let (h, z) = encoder.forward_t(&normalized(&batch.views[i], n, device), false);
+            l2_normalize(match representation {
+                Representation::Backbone => &h,
+                Representation::Projection => &z,
+            })
+        };
         tch::no_grad(|| {
-            a.push(l2_normalize(
-                &backbone.forward_t(&normalized(&batch.views[0], n, device), false),
-            ));
-            b.push(l2_normalize(
-                &backbone.forward_t(&normalized(&batch.views[1], n, device), false),
-            ));
+            a.push(embed(0));
+            b.push(embed(1));
         });
     }
     if a.is_empty() {

@@ -282,7 +282,7 @@ impl Moco {
     /// are gathered, rank 0 draws a permutation that every rank receives, each rank encodes its
     /// slice of the shuffled batch (so BN statistics mix images of all ranks and a query cannot
     /// find its key through them), and the outputs are gathered and un-shuffled. A single
-    /// process encodes its batch as it is: there, shuffling within one BN batch changes nothing.
+    /// process splits its shuffled batch into BN groups instead ([`Moco::encode_keys_alone`]).
     fn encode_keys(
         &self,
         im_k: &Tensor,
@@ -295,7 +295,7 @@ impl Moco {
         let gang = match gang {
             Some(g) if g.world_size() > 1 => g,
             _ => {
-                let (k, h) = encode(im_k);
+                let (k, h) = self.encode_keys_alone(im_k, &encode);
                 return Ok((k.shallow_clone(), k, h));
             }
         };
@@ -324,6 +324,37 @@ impl Moco {
         Ok((keys.narrow(0, rank * b, b), keys, features))
     }
 
+    /// Shuffle BN for a single process: the keys are shuffled and encoded in
+    /// [`virtual_ranks`] separate forward passes, each with its own BN statistics, then put back
+    /// in order — what that many ranks would do. Without it, the keys of the current batch share
+    /// BN statistics that the queued negatives (older batches) do not, and the network can lower
+    /// the loss by recognising the batch instead of the image (MoCo's CIFAR demo splits BN the
+    /// same way).
+    fn encode_keys_alone(
+        &self,
+        im_k: &Tensor,
+        encode: &dyn Fn(&Tensor) -> (Tensor, Tensor),
+    ) -> (Tensor, Tensor) {
+        let b = im_k.size()[0];
+        let splits = if self.spec.shuffle_keys {
+            virtual_ranks(b)
+        } else {
+            1
+        };
+        if splits == 1 {
+            return encode(im_k);
+        }
+        let perm = Tensor::randperm(b, (Kind::Int64, im_k.device()));
+        let shuffled = im_k.index_select(0, &perm);
+        let (keys, features): (Vec<Tensor>, Vec<Tensor>) =
+            shuffled.chunk(splits, 0).iter().map(encode).unzip();
+        let unshuffle = perm.argsort(0, false);
+        (
+            Tensor::cat(&keys, 0).index_select(0, &unshuffle),
+            Tensor::cat(&features, 0).index_select(0, &unshuffle),
+        )
+    }
+
     /// Writes the gang's keys (and their backbone features) into the queue as a FIFO ring.
     pub fn enqueue(&self, keys: &Tensor, key_features: Option<&Tensor>) -> Result<(), ModelError> {
         let batch = keys.size()[0];
@@ -341,6 +372,15 @@ impl Moco {
         });
         Ok(())
     }
+}
+
+/// How many BN groups a single process splits its key batch into: up to 8 (as MoCo's CIFAR
+/// demo), each of at least 16 images so its statistics mean something, dividing the batch.
+pub fn virtual_ranks(batch: i64) -> i64 {
+    [8, 4, 2]
+        .into_iter()
+        .find(|&g| batch % g == 0 && batch / g >= 16)
+        .unwrap_or(1)
 }
 
 /// Pairs each `encoder_q` parameter with its `encoder_k` twin, in registration order.
