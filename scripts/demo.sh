@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: a local cluster, a worker pod running the real `kontrast` binary (libtorch) on it,
-# its result read back from the pod's status, and everything stopped again.
+# The demo: a local cluster, the CRD and the operator, and a real ContrastiveRun — two worker
+# pods running the `kontrast` binary (libtorch, Gloo) on real Fashion-MNIST images — followed to
+# the end through its status; then everything is stopped again.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 STATE="${KONTRAST_STATE:-$REPO_ROOT/.state/demo}"
@@ -15,16 +16,38 @@ log "starting the local cluster in $STATE"
 "$DEV" cluster up --state-dir "$STATE"
 "$KUBECTL" get nodes -o wide
 
-log "applying examples/local/worker-info.yaml"
-"$KUBECTL" apply -f examples/local/worker-info.yaml
-for _ in $(seq 1 120); do
-  phase=$("$KUBECTL" get pod worker-info -o jsonpath='{.status.phase}')
+log "installing the ContrastiveRun CRD (without CEL rules: this apiserver is 1.20)"
+"$REPO_ROOT/target/debug/crdgen" --without-cel | "$KUBECTL" create -f - >/dev/null
+
+log "starting the operator (log: $STATE/operator.log)"
+"$REPO_ROOT/target/debug/kontrast-operator" --metrics-addr 127.0.0.1:0 >"$STATE/operator.log" 2>&1 &
+OPERATOR=$!
+stop_operator() { kill "$OPERATOR" 2>/dev/null || true; wait "$OPERATOR" 2>/dev/null || true; }
+trap 'stop_operator; cleanup' EXIT
+
+# The run's hostPath /var/lib/kontrast/fashion-mnist-demo maps under the node's state directory.
+DATA="$STATE/node/volumes/host/var/lib/kontrast/fashion-mnist-demo"
+log "writing 1024 training and 512 test images of Fashion-MNIST to the run's hostPath"
+"$KONTRAST_CACHE/venv/bin/python" scripts/fashion-mnist-subset.py --train 1024 --test 512 --out "$DATA"
+
+log "applying examples/local/demo.yaml: two worker pods train together over Gloo"
+"$KUBECTL" apply -f examples/local/demo.yaml
+phase=""
+for i in $(seq 1 360); do
+  phase=$("$KUBECTL" get crun demo -o jsonpath='{.status.phase}' 2>/dev/null || true)
   case "$phase" in Succeeded|Failed) break ;; esac
-  sleep 0.5
+  if [ $((i % 10)) -eq 0 ]; then "$KUBECTL" get crun demo --no-headers 2>/dev/null || true; fi
+  sleep 2
 done
-"$KUBECTL" get pod worker-info -o wide
-echo "termination message of worker-info:"
-"$KUBECTL" get pod worker-info -o jsonpath='{.status.containerStatuses[0].state.terminated.message}'
+"$KUBECTL" get crun demo
+"$KUBECTL" get pods -l kontrast.dev/run=demo -o wide 2>/dev/null || true
+echo "status.progress of demo:"
+"$KUBECTL" get crun demo -o jsonpath='{.status.progress}'
 echo
-[ "$phase" = Succeeded ] || die "the worker pod ended $phase (log: $STATE/node/pods/default_worker-info/logs/kontrast.log)"
-log "demo succeeded; stopping the cluster"
+echo "checkpoints:"
+ls -l "$STATE/node/volumes/host/var/lib/kontrast/checkpoints/"* 2>/dev/null || true
+if [ "$phase" != Succeeded ]; then
+  "$KUBECTL" get crun demo -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
+  die "the run ended ${phase:-without finishing} (worker logs: $STATE/node/pods/, operator: $STATE/operator.log)"
+fi
+log "demo succeeded; stopping the operator and the cluster"
