@@ -20,10 +20,10 @@ use kontrast_worker::train::trainer::{self, Options};
 use tch::Device;
 
 const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
-const TRAIN_IMAGES: usize = 512;
+const TRAIN_IMAGES: usize = 2048;
 const TEST_IMAGES: usize = 256;
 const SEED: u64 = 3;
-const CROP: usize = 14;
+const CROP: usize = 28;
 
 /// Writes the first `n` images of a split as uncompressed IDX files (`prefix`-images/labels).
 fn write_subset(source: &Dataset, n: usize, dir: &Path, prefix: &str) {
@@ -53,10 +53,10 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 fn config(dataset: &Path) -> RunConfig {
     let mut config = standalone(&Overrides {
         dataset: Some(dataset.display().to_string()),
-        epochs: Some(env_or("LEARN_EPOCHS", 12)),
-        batch_size: Some(32),
-        queue_size: Some(256),
-        lr: Some(env_or("LEARN_LR", 0.1)),
+        epochs: Some(env_or("LEARN_EPOCHS", 6)),
+        batch_size: Some(64),
+        queue_size: Some(1024),
+        lr: Some(env_or("LEARN_LR", 0.06)),
         ..Overrides::default()
     })
     .expect("the test run resolves");
@@ -67,6 +67,8 @@ fn config(dataset: &Path) -> RunConfig {
     config.recipe.auto_augment_crops.clear();
     config.recipe.knn_loss = None;
     config.recipe.moco.momentum = 0.99;
+    // The ImageNet stem at 28 px costs a sixteenth of the CIFAR stem's compute.
+    config.recipe.cifar_stem = false;
     config
 }
 
@@ -104,9 +106,9 @@ fn spec(config: &RunConfig) -> MocoSpec {
 }
 
 #[test]
-#[ignore = "192 steps of this schedule do not yet lift held-out retrieval far above random init \
-            (measured 0.059 → 0.055 projection, 0.055 → 0.074 backbone); the small-data recipe is \
-            still being tuned"]
+#[ignore = "not yet a learning signal: 192 steps (2048 images, batch 64, lr 0.06, 28 px) leave \
+            held-out retrieval at 0.039 → 0.031 (projection) and 0.055 → 0.047 (backbone); the \
+            small-data recipe is still being tuned"]
 fn a_short_run_on_fashion_mnist_lowers_the_loss_and_learns_to_find_positive_pairs() {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = Path::new(FASHION_MNIST);

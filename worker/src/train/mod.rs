@@ -2,6 +2,7 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod progress_bar;
 pub mod schedule;
 pub mod sgd;
 pub mod state;

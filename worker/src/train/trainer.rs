@@ -17,6 +17,7 @@ use crate::model::{CollectiveError, Gang, Moco, MocoSpec, Views};
 use crate::telemetry::{LossKind, Metrics, Progress, Server};
 
 use super::error::TrainError;
+use super::progress_bar::ProgressBar;
 use super::schedule::learning_rate;
 use super::sgd::{Sgd, SgdConfig};
 use super::state;
@@ -343,6 +344,8 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
     let mut images_per_second: Option<f64> = None;
     let mut skipped_seen = 0;
     let mut epoch_losses = Vec::new();
+    let mut bar = ProgressBar::new(total_steps, leader);
+    bar.draw(step, "starting");
     for epoch in start_epoch..epochs {
         let (mut loss_sum, mut loss_steps) = (0.0, 0u64);
         // The RNG (key shuffles) is a function of (seed, epoch), so a resumed run draws what an
@@ -433,7 +436,9 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
                 r.loss = Some(report.losses.total);
                 r.images_per_second = Some(ips);
             });
-            if step % options.log_every.max(1) == 0 || step == total_steps {
+            let logged = step % options.log_every.max(1) == 0 || step == total_steps;
+            if logged {
+                bar.clear();
                 info!(
                     epoch,
                     step,
@@ -447,8 +452,16 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
                     "step"
                 );
             }
+            bar.draw(
+                step,
+                &format!(
+                    "epoch {epoch} loss {:.4} {ips:.1} img/s",
+                    report.losses.total
+                ),
+            );
         }
         epoch_losses.push(loss_sum / loss_steps.max(1) as f64);
+        bar.clear();
         info!(
             epoch,
             mean_loss = epoch_losses.last().copied(),
