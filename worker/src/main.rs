@@ -22,6 +22,8 @@ enum Command {
     Info,
     /// Train one rank (started by `launch`), or a whole single-process run on this machine.
     Train(kontrast_worker::train::cli::Args),
+    /// Run one evaluation of the run on its newest checkpoint (the evaluation Jobs' command).
+    Eval(kontrast_worker::eval::cli::Args),
     /// Start and supervise this node's ranks (`kontrast train` by default); the pod's command.
     Launch(kontrast_worker::launch::Args),
     /// Join the gang (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and check its collectives and
@@ -43,6 +45,7 @@ fn main() -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Train(args) => return Ok(kontrast_worker::train::cli::run(args)),
+        Command::Eval(args) => return Ok(kontrast_worker::eval::cli::run(args)),
         Command::Launch(args) => return Ok(kontrast_worker::launch::run(args)?),
         Command::Collectives(args) => return Ok(kontrast_worker::dist::check::run(args)?),
     }

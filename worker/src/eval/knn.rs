@@ -6,7 +6,46 @@ use tch::{Kind, Tensor};
 /// Test rows compared with the training set at a time (bounds memory: rows × N similarities).
 const CHUNK: i64 = 512;
 
-/// Top-1 accuracy in [0, 1]. Features are L2-normalised rows; labels int64 in `0..classes`.
+/// The predicted class of every test row. Features are L2-normalised rows; labels int64 in
+/// `0..classes`. Ties in the vote go to the lowest class index.
+pub fn weighted_knn_predict(
+    train: &Tensor,
+    train_labels: &Tensor,
+    test: &Tensor,
+    k: i64,
+    temperature: f64,
+    classes: i64,
+) -> Tensor {
+    let n_test = test.size()[0];
+    let k = k.min(train.size()[0]).max(1);
+    let train_t = train.tr();
+    let mut predictions = Vec::new();
+    tch::no_grad(|| {
+        let mut start = 0;
+        while start < n_test {
+            let rows = CHUNK.min(n_test - start);
+            let similarity = test.narrow(0, start, rows).mm(&train_t); // rows×N
+            let (values, index) = similarity.topk(k, 1, true, true); // rows×k
+            let neighbour_labels = train_labels
+                .index_select(0, &index.view([-1]))
+                .view([rows, k]);
+            let weights = (values / temperature).exp().to_kind(Kind::Float);
+            let votes = Tensor::zeros([rows, classes], (Kind::Float, test.device())).scatter_add(
+                1,
+                &neighbour_labels,
+                &weights,
+            ); // rows×C
+            predictions.push(votes.argmax(1, false));
+            start += rows;
+        }
+    });
+    if predictions.is_empty() {
+        return Tensor::zeros([0], (Kind::Int64, test.device()));
+    }
+    Tensor::cat(&predictions, 0)
+}
+
+/// Top-1 accuracy in [0, 1] of [`weighted_knn_predict`].
 pub fn weighted_knn_top1(
     train: &Tensor,
     train_labels: &Tensor,
@@ -20,32 +59,11 @@ pub fn weighted_knn_top1(
     if n_test == 0 {
         return 0.0;
     }
-    let k = k.min(train.size()[0]).max(1);
-    let train_t = train.tr();
-    let mut correct = 0i64;
-    tch::no_grad(|| {
-        let mut start = 0;
-        while start < n_test {
-            let rows = CHUNK.min(n_test - start);
-            let similarity = test.narrow(0, start, rows).mm(&train_t); // rows×N
-            let (values, index) = similarity.topk(k, 1, true, true); // rows×k
-            let neighbour_labels = train_labels
-                .index_select(0, &index.view([-1]))
-                .view([rows, k]);
-            let weights = (values / temperature).exp();
-            let votes = Tensor::zeros([rows, classes], (Kind::Float, test.device())).scatter_add(
-                1,
-                &neighbour_labels,
-                &weights.to_kind(Kind::Float),
-            );
-            let predicted = votes.argmax(1, false);
-            correct += predicted
-                .eq_tensor(&test_labels.narrow(0, start, rows))
-                .sum(Kind::Int64)
-                .int64_value(&[]);
-            start += rows;
-        }
-    });
+    let predicted = weighted_knn_predict(train, train_labels, test, k, temperature, classes);
+    let correct = predicted
+        .eq_tensor(test_labels)
+        .sum(Kind::Int64)
+        .int64_value(&[]);
     correct as f64 / n_test as f64
 }
 

@@ -1,5 +1,6 @@
 //! Evaluation on frozen features: feature extraction, weighted kNN classification and
 //! positive-pair retrieval.
+pub mod cli;
 pub mod features;
 pub mod knn;
 pub mod retrieval;

@@ -142,7 +142,8 @@ fn crop_spec(config: &RunConfig) -> MultiCropSpec {
     }
 }
 
-fn moco_spec(config: &RunConfig) -> MocoSpec {
+/// The model a run config describes.
+pub fn moco_spec(config: &RunConfig) -> MocoSpec {
     let r = &config.recipe;
     MocoSpec {
         arch: r.arch,
