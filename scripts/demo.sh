@@ -44,6 +44,9 @@ done
 echo "status.progress of demo:"
 "$KUBECTL" get crun demo -o jsonpath='{.status.progress}'
 echo
+echo "status.results of demo:"
+"$KUBECTL" get crun demo -o jsonpath='{.status.results}'
+echo
 echo "checkpoints:"
 ls -l "$STATE/node/volumes/host/var/lib/kontrast/checkpoints/"* 2>/dev/null || true
 if [ "$phase" != Succeeded ]; then
