@@ -4,13 +4,14 @@
 //! (quality 90) from sklearn's sample photos, measures images/s of decoding alone (libjpeg-turbo
 //! and zune-jpeg), of the MoCo v2 two-crop set and of the Revisiting crop set on one thread,
 //! then runs the same pipelines in torchvision (`tests/reference/augment_bench.py`) and prints
-//! the ratios.
+//! the ratios. `-- SECONDS ops` prints only the per-operation costs on one 224 × 224 crop.
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
+use kontrast_data::augment::{blur, color};
 use kontrast_data::crop::MultiCropSpec;
 use kontrast_data::decode::{self, JpegBackend};
 use kontrast_data::resize::{Resampler, ResizeImpl};
@@ -106,6 +107,63 @@ fn main() {
     let resize_exact = resize_rate(ResizeImpl::Pillow);
     let resize_fast = resize_rate(ResizeImpl::Fast);
 
+    // Per-operation cost on one 224 × 224 crop (milliseconds), the pieces the pipeline is made
+    // of: where the time goes.
+    let crop_box = kontrast_data::CropBox {
+        top: 40,
+        left: 100,
+        height: 330,
+        width: 410,
+    };
+    let mut r = Resampler::new();
+    let crop224 = r.crop_resize(&img, &crop_box, 224, 224);
+    let per_op = |f: &mut dyn FnMut(&mut kontrast_data::RgbImage)| {
+        let mut work = crop224.clone();
+        1000.0
+            / rate(seconds / 4.0, || {
+                work.data.copy_from_slice(&crop224.data);
+                f(&mut work);
+                1
+            })
+    };
+    let ops: Vec<(&str, f64)> = vec![
+        (
+            "resize 410×330 → 224 (Pillow-exact)",
+            per_op(&mut |_| {
+                std::hint::black_box(r.crop_resize(&img, &crop_box, 224, 224));
+            }),
+        ),
+        ("hue", per_op(&mut |w| color::adjust_hue(w, 0.07))),
+        (
+            "Gaussian blur σ = 1.0",
+            per_op(&mut |w| blur::gaussian_blur(w, 1.0)),
+        ),
+        (
+            "saturation",
+            per_op(&mut |w| color::adjust_saturation(w, 1.3)),
+        ),
+        ("contrast", per_op(&mut |w| color::adjust_contrast(w, 1.3))),
+        (
+            "brightness",
+            per_op(&mut |w| color::adjust_brightness(w, 1.3)),
+        ),
+        ("grayscale", per_op(&mut |w| color::grayscale(w))),
+        ("copy only", per_op(&mut |_| {})),
+    ];
+    let print_ops = || {
+        println!(
+            "per operation on a 224 × 224 crop (ms, includes a 150 kB copy, see `copy only`):"
+        );
+        for (name, ms) in &ops {
+            println!("  {name:<50} {ms:>7.3}");
+        }
+    };
+    if std::env::args().any(|a| a == "ops") {
+        // `-- SECONDS ops`: only the per-operation costs (quick, for tuning).
+        print_ops();
+        return;
+    }
+
     // Rounds alternate between the two sides and keep each side's best, so that load from
     // other processes on the machine penalises neither side more than the other.
     const ROUNDS: usize = 3;
@@ -195,6 +253,7 @@ fn main() {
         py_rev,
     );
     row("Revisiting, fast_image_resize (u8 out)", ours[7], py_rev);
+    print_ops();
     println!(
         "resize only, Revisiting crop set: Pillow-exact {resize_exact:.0}/s, fast_image_resize {resize_fast:.0}/s"
     );

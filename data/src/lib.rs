@@ -5,6 +5,9 @@
 //! run), so the pixels a model sees here are the pixels it would see in Python; `docs/data.md`
 //! lists the tolerances and the few deliberate deviations.
 //!
+//! [`segment`] pairs images with label masks for segmentation and video evaluation (mask-aligned
+//! transforms, nearest-neighbour labels, palette PNG masks).
+//!
 //! The loader emits `u8` views (`batch × 3 × size × size`, RGB, CHW per image); normalisation to
 //! float happens on the device, with [`MEAN`] and [`STD`].
 //!
@@ -35,6 +38,7 @@ pub mod pipeline;
 pub mod resize;
 pub mod rng;
 pub mod sampler;
+pub mod segment;
 
 pub use crop::{CropBox, CropFamily, MultiCropSpec};
 pub use dataset::{Dataset, DatasetFormat, Split};

@@ -7,6 +7,26 @@ use crate::rng::SampleRng;
 /// Pillow's `ImagingBlend(degenerate, image, alpha)`: `out = in1 + alpha·(in2 − in1)` in single
 /// precision, truncated, clipped when extrapolating. Writes into `img` (which is `in2`).
 pub fn blend_into(degenerate: &[u8], img: &mut [u8], alpha: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of a
+        // `target_feature` function.
+        unsafe { blend_into_avx2(degenerate, img, alpha) };
+        return;
+    }
+    blend_into_generic(degenerate, img, alpha);
+}
+
+/// [`blend_into_generic`] compiled for AVX2: eight single-precision lanes (no fused
+/// multiply-add is formed without fast-math, so the rounding is the same).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn blend_into_avx2(degenerate: &[u8], img: &mut [u8], alpha: f32) {
+    blend_into_generic(degenerate, img, alpha);
+}
+
+#[inline(always)]
+fn blend_into_generic(degenerate: &[u8], img: &mut [u8], alpha: f32) {
     if alpha == 1.0 {
         return;
     }
@@ -98,36 +118,25 @@ pub fn adjust_saturation(img: &mut RgbImage, factor: f32) {
     blend_into(&degenerate, &mut img.data, factor);
 }
 
-/// `a as f32 / b as f32` for bytes `a`, `b` (Pillow's single-precision divisions in
-/// `rgb2hsv`), tabulated once.
-fn div_table() -> &'static [f32] {
-    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        (0..256 * 256)
-            .map(|i| (i >> 8) as f32 / (i & 255) as f32)
-            .collect()
-    })
-}
-
-/// Pillow's `rgb2hsv_row`.
-#[inline]
-fn rgb_to_hsv(r: u8, g: u8, b: u8, div: &[f32]) -> (u8, u8, u8) {
+/// Pillow's `rgb2hsv_row` for one pixel: the `float` divisions are done as such (IEEE
+/// division is exact to reproduce), the rest in `double` as C promotes it.
+#[inline(always)]
+fn rgb_to_hsv(r: u8, g: u8, b: u8) -> (u8, u8, u8) {
     let maxc = r.max(g).max(b);
     let minc = r.min(g).min(b);
     if minc == maxc {
         return (0, 0, maxc);
     }
-    let cr = (maxc - minc) as usize;
-    let q = |n: u8| div[((n as usize) << 8) | cr];
-    let s = div[(cr << 8) | maxc as usize];
-    let (rc, gc, bc) = (q(maxc - r), q(maxc - g), q(maxc - b));
+    let cr = (maxc - minc) as f32;
+    let s = cr / maxc as f32;
+    let q = |n: u8| (maxc - n) as f32 / cr;
     // `2.0 + rc - bc` is evaluated in double in C, then stored to float.
     let h: f32 = if r == maxc {
-        bc - gc
+        q(b) - q(g)
     } else if g == maxc {
-        (2.0 + rc as f64 - bc as f64) as f32
+        (2.0 + q(r) as f64 - q(b) as f64) as f32
     } else {
-        (4.0 + gc as f64 - rc as f64) as f32
+        (4.0 + q(g) as f64 - q(r) as f64) as f32
     };
     // `fmod(h / 6 + 1, 1)`; the argument lies in [5/6, 11/6), where this is exact.
     let x = h as f64 / 6.0 + 1.0;
@@ -140,36 +149,41 @@ fn rgb_to_hsv(r: u8, g: u8, b: u8, div: &[f32]) -> (u8, u8, u8) {
     )
 }
 
-/// Per `(h, s)`: the sector `i` and the factors of `p`, `q`, `t` in Pillow's `hsv2rgb`
-/// (`1 − fs`, `1 − fs·f` with a `float` product, `1 − fs·(1 − f)`), tabulated once.
-fn hsv_table() -> &'static [(u8, [f64; 3])] {
-    static TABLE: std::sync::OnceLock<Vec<(u8, [f64; 3])>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        (0..256 * 256)
-            .map(|idx| {
-                let (h, s) = ((idx >> 8) as u8, (idx & 255) as u8);
-                let hf = h as f32 as f64 * 6.0 / 255.0;
-                let i = hf as i32; // floor of a non-negative value
-                let f = (hf - i as f32 as f64) as f32;
-                let fs = (s as f32 as f64 / 255.0) as f32;
-                let factors = [
-                    1.0 - fs as f64,
-                    1.0 - (fs * f) as f64,
-                    1.0 - fs as f64 * (1.0 - f as f64),
-                ];
-                ((i % 6) as u8, factors)
-            })
-            .collect()
+/// Per hue byte: the sector `i % 6` and the fraction `f` of Pillow's `hsv2rgb`
+/// (`h · 6 / 255` in double, `f` stored as `float`); per saturation byte `fs = s / 255` as
+/// `float`. Small enough to stay in L1 (the per-pixel work is then a few multiplies).
+struct HsvTables {
+    sector: [(u8, f32); 256],
+    fs: [f32; 256],
+}
+
+fn hsv_tables() -> &'static HsvTables {
+    static TABLES: std::sync::OnceLock<HsvTables> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| HsvTables {
+        sector: std::array::from_fn(|h| {
+            let hf = h as f32 as f64 * 6.0 / 255.0;
+            let i = hf as i32; // floor of a non-negative value
+            ((i % 6) as u8, (hf - i as f32 as f64) as f32)
+        }),
+        fs: std::array::from_fn(|s| (s as f32 as f64 / 255.0) as f32),
     })
 }
 
-/// Pillow's `hsv2rgb`.
-#[inline]
-fn hsv_to_rgb(h: u8, s: u8, v: u8, table: &[(u8, [f64; 3])]) -> (u8, u8, u8) {
-    if s == 0 {
-        return (v, v, v);
-    }
-    let (i, [fp, fq, ft]) = table[((h as usize) << 8) | s as usize];
+/// Pillow's `hsv2rgb`. Branch-free: for `s = 0` the factors are all 1, so `p = q = t = v`
+/// reproduces Pillow's grey special case, and the sector picks from `[v, t, p, q]` by table.
+#[inline(always)]
+fn hsv_to_rgb(h: u8, s: u8, v: u8, t: &HsvTables) -> (u8, u8, u8) {
+    // Pillow's `switch (i % 6)`: (v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q).
+    const PICK: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [3, 0, 2],
+        [2, 0, 1],
+        [2, 3, 0],
+        [1, 2, 0],
+        [0, 2, 3],
+    ];
+    let (i, f) = t.sector[h as usize];
+    let fs = t.fs[s as usize];
     let vf = v as f32 as f64;
     // C's `round` (half away from zero) of a non-negative value, without libm.
     let round = |x: f64| {
@@ -177,26 +191,114 @@ fn hsv_to_rgb(h: u8, s: u8, v: u8, table: &[(u8, [f64; 3])]) -> (u8, u8, u8) {
         let r = if x - t as f64 >= 0.5 { t + 1 } else { t };
         r.clamp(0, 255) as u8
     };
-    let (p, q, t) = (round(vf * fp), round(vf * fq), round(vf * ft));
-    match i {
-        0 => (v, t, p),
-        1 => (q, v, p),
-        2 => (p, v, t),
-        3 => (p, q, v),
-        4 => (t, p, v),
-        _ => (v, p, q),
+    let p = round(vf * (1.0 - fs as f64));
+    let q = round(vf * (1.0 - (fs * f) as f64));
+    let tt = round(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
+    let vals = [v, tt, p, q];
+    let pick = PICK[i as usize];
+    (vals[pick[0]], vals[pick[1]], vals[pick[2]])
+}
+
+/// `rgb_to_hsv`'s hue and saturation bytes, tabulated. The hue depends only on which channel
+/// is the maximum and which the minimum (six cases, in the order of Pillow's tests), the range
+/// `cr = max − min` and the distance `d` of the third channel from the maximum: the divisions
+/// see only differences. Each entry is computed by [`rgb_to_hsv`] itself on a representative
+/// pixel, so the table is exact by construction. The saturation depends on `(cr, max)`.
+struct RgbHsvTables {
+    hue: Vec<u8>,
+    sat: Vec<u8>,
+}
+
+/// The case (0–5) of a pixel and the channel that gives `d`.
+#[inline(always)]
+fn hue_case(r: u8, g: u8, b: u8, maxc: u8, minc: u8) -> (usize, u8) {
+    if r == maxc {
+        if b == minc { (0, g) } else { (1, b) }
+    } else if g == maxc {
+        if b == minc { (2, r) } else { (3, b) }
+    } else if r == minc {
+        (4, g)
+    } else {
+        (5, r)
     }
+}
+
+fn rgb_hsv_tables() -> &'static RgbHsvTables {
+    static TABLES: std::sync::OnceLock<RgbHsvTables> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        let mut hue = vec![0u8; 6 * 256 * 256];
+        for cr in 1..=255u8 {
+            for d in 0..=cr {
+                let mid = cr - d;
+                // A pixel of each case with maximum `cr`, minimum 0 and third channel `mid`.
+                let reps = [
+                    (cr, mid, 0),
+                    (cr, 0, mid),
+                    (mid, cr, 0),
+                    (0, cr, mid),
+                    (0, mid, cr),
+                    (mid, 0, cr),
+                ];
+                for (k, &(r, g, b)) in reps.iter().enumerate() {
+                    let (maxc, minc) = (r.max(g).max(b), r.min(g).min(b));
+                    // Only representatives that fall in their own case define an entry (a
+                    // tie can move one to an earlier case; that entry is then never read).
+                    if hue_case(r, g, b, maxc, minc).0 == k {
+                        hue[(k << 16) | ((cr as usize) << 8) | d as usize] = rgb_to_hsv(r, g, b).0;
+                    }
+                }
+            }
+        }
+        let mut sat = vec![0u8; 256 * 256];
+        for cr in 1..=255u8 {
+            for maxc in cr..=255u8 {
+                sat[((cr as usize) << 8) | maxc as usize] =
+                    rgb_to_hsv(maxc, maxc - cr, maxc - cr).1;
+            }
+        }
+        RgbHsvTables { hue, sat }
+    })
 }
 
 /// torchvision's PIL `adjust_hue`: through Pillow's HSV, hue shifted by `int(factor · 255)`
 /// modulo 256. The round trip through HSV happens even for a zero shift, as in torchvision.
 pub fn adjust_hue(img: &mut RgbImage, hue_factor: f64) {
     let shift = ((hue_factor * 255.0) as i32) as u8;
-    let (div, table) = (div_table(), hsv_table());
+    let (hsv, rgb) = (hsv_tables(), rgb_hsv_tables());
     for p in img.data.chunks_exact_mut(3) {
-        let (h, s, v) = rgb_to_hsv(p[0], p[1], p[2], div);
-        let (r, g, b) = hsv_to_rgb(h.wrapping_add(shift), s, v, table);
+        let (r, g, b) = (p[0], p[1], p[2]);
+        let (maxc, minc) = (r.max(g).max(b), r.min(g).min(b));
+        let cr = (maxc - minc) as usize;
+        // Grey pixels (cr = 0) read the zero row of both tables: hue 0, saturation 0, which
+        // converts back to (v, v, v) as Pillow's special case does.
+        let (k, third) = hue_case(r, g, b, maxc, minc);
+        let h = rgb.hue[(k << 16) | (cr << 8) | (maxc - third) as usize];
+        let s = rgb.sat[(cr << 8) | maxc as usize];
+        let (r, g, b) = hsv_to_rgb(h.wrapping_add(shift), s, maxc, hsv);
         p.copy_from_slice(&[r, g, b]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tables must agree with the direct conversion on every colour.
+    #[test]
+    fn tabulated_rgb_to_hsv_equals_the_direct_conversion_on_every_colour() {
+        let t = rgb_hsv_tables();
+        for r in 0..=255u8 {
+            for g in 0..=255u8 {
+                for b in 0..=255u8 {
+                    let (maxc, minc) = (r.max(g).max(b), r.min(g).min(b));
+                    let cr = (maxc - minc) as usize;
+                    let (k, third) = hue_case(r, g, b, maxc, minc);
+                    let h = t.hue[(k << 16) | (cr << 8) | (maxc - third) as usize];
+                    let s = t.sat[(cr << 8) | maxc as usize];
+                    assert_eq!((h, s, maxc), rgb_to_hsv(r, g, b), "({r}, {g}, {b})");
+                }
+            }
+        }
     }
 }
 

@@ -154,3 +154,39 @@ pub fn fashion_mnist_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist"))
 }
+
+/// Writes a `uint8` array of `shape`.
+pub fn write_npy_u8(path: &Path, shape: &[usize], data: &[u8]) {
+    let dims: Vec<String> = shape.iter().map(|d| format!("{d}, ")).collect();
+    let header = format!(
+        "{{'descr': '|u1', 'fortran_order': False, 'shape': ({}), }}",
+        dims.concat().trim_end()
+    );
+    let mut h = header.into_bytes();
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(b' ');
+    }
+    h.push(b'\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(data);
+    std::fs::write(path, out).expect("write npy");
+}
+
+/// Runs `tests/reference/augment_segment.py` with `args`.
+pub fn segment_reference(args: &[&str]) {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/augment_segment.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "segmentation reference script failed ({:?}):\n{}",
+        args,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
