@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use common::{Proc, assert_same_tensors, free_port, read_tensors, relative_difference, within};
 use kontrast_api::config::Arch;
-use kontrast_worker::dist::{Backend, GradReducer, ProcessGroup, Rendezvous, broadcast_parameters};
-use kontrast_worker::model::{CollectiveError, Gang, Moco, MocoSpec, Views};
+use kontrast_worker::dist::{Backend, ProcessGroup, Rendezvous, broadcast_parameters};
+use kontrast_worker::model::{Moco, MocoSpec, Views};
+use kontrast_worker::train::collectives::GradientAverager;
 use kontrast_worker::train::sgd::{Sgd, SgdConfig};
-use kontrast_worker::train::step::{GradientSync, train_step};
+use kontrast_worker::train::step::train_step;
 use tch::{Device, Kind, Tensor};
 
 const ROLE_ENV: &str = "KONTRAST_TEST_DP_ROLE";
@@ -144,36 +145,6 @@ fn concatenated(ranks: &[Views]) -> Views {
     )
 }
 
-/// The process group as the model's shuffle BN sees it.
-struct PgGang<'a>(&'a ProcessGroup);
-
-impl Gang for PgGang<'_> {
-    fn rank(&self) -> usize {
-        self.0.rank()
-    }
-    fn world_size(&self) -> usize {
-        self.0.world_size()
-    }
-    fn all_gather(&self, t: &Tensor) -> Result<Tensor, CollectiveError> {
-        Ok(self.0.all_gather(t)?)
-    }
-    fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<(), CollectiveError> {
-        Ok(self.0.broadcast(t, root)?)
-    }
-}
-
-/// Gradient averaging with the bucketed reducer, as the trainer does it.
-struct Reducer<'a> {
-    pg: &'a ProcessGroup,
-    reducer: GradReducer,
-}
-
-impl GradientSync for Reducer<'_> {
-    fn sync(&mut self) -> Result<Duration, CollectiveError> {
-        Ok(self.reducer.reduce(self.pg)?.all_reduce)
-    }
-}
-
 fn save(moco: &Moco, losses: &[f64], out: &Path, name: &str) {
     let tensors: Vec<(String, Tensor)> = moco
         .params()
@@ -239,11 +210,7 @@ fn rank_process() {
         .collect();
     broadcast_parameters(&pg, &all, 0).expect("broadcast the initial state");
     let mut sgd = Sgd::new(moco.trainable(), SGD);
-    let mut sync = Reducer {
-        pg: &pg,
-        reducer: GradReducer::new(&moco.trainable()).expect("gradient reducer"),
-    };
-    let gang = PgGang(&pg);
+    let mut sync = GradientAverager::new(&pg, &moco.trainable()).expect("gradient reducer");
     let losses: Vec<f64> = data
         .iter()
         .map(|ranks| {
@@ -253,7 +220,7 @@ fn rank_process() {
                 &ranks[rank],
                 LR,
                 true,
-                Some(&gang),
+                Some(&pg),
                 Some(&mut sync),
             )
             .expect("data-parallel step")

@@ -12,7 +12,7 @@ use kontrast_data::{Dataset, DatasetFormat, LoaderConfig, MultiCropSpec, Split};
 use kontrast_worker::checkpoint::CheckpointStore;
 use kontrast_worker::eval::features::{Representation, paired_views};
 use kontrast_worker::eval::retrieval::positive_pair_top1;
-use kontrast_worker::model::{Moco, MocoSpec};
+use kontrast_worker::model::Moco;
 use kontrast_worker::train::config::{Overrides, standalone};
 use kontrast_worker::train::sgd::{Sgd, SgdConfig};
 use kontrast_worker::train::state;
@@ -90,21 +90,6 @@ fn retrieval(moco: &Moco, test: Arc<Dataset>, representation: Representation) ->
     positive_pair_top1(&a, &b)
 }
 
-fn spec(config: &RunConfig) -> MocoSpec {
-    let r = &config.recipe;
-    MocoSpec {
-        arch: r.arch,
-        cifar_stem: r.cifar_stem,
-        dim: i64::from(r.moco.dim),
-        queue_size: i64::from(r.moco.queue_size),
-        mlp: r.moco.mlp,
-        momentum: r.moco.momentum,
-        temperature: r.moco.temperature,
-        knn: None,
-        shuffle_keys: true,
-    }
-}
-
 #[test]
 #[ignore = "not yet a learning signal: 192 steps (2048 images, batch 64, lr 0.06, 28 px) leave \
             held-out retrieval at 0.039 → 0.031 (projection) and 0.055 → 0.047 (backbone); the \
@@ -126,7 +111,7 @@ fn a_short_run_on_fashion_mnist_lowers_the_loss_and_learns_to_find_positive_pair
     // The trainer seeds libtorch with the run's seed before building the model: the same
     // weights it starts from.
     tch::manual_seed(SEED as i64);
-    let random_init = Moco::new(spec(&config), Device::Cpu);
+    let random_init = Moco::new(trainer::moco_spec(&config), Device::Cpu);
     let before = retrieval(&random_init, held_out.clone(), Representation::Projection);
     let before_backbone = retrieval(&random_init, held_out.clone(), Representation::Backbone);
 
@@ -150,7 +135,7 @@ fn a_short_run_on_fashion_mnist_lowers_the_loss_and_learns_to_find_positive_pair
         .latest()
         .expect("read checkpoints")
         .expect("a final checkpoint");
-    let trained = Moco::new(spec(&config), Device::Cpu);
+    let trained = Moco::new(trainer::moco_spec(&config), Device::Cpu);
     let mut sgd = Sgd::new(
         trained.trainable(),
         SgdConfig {

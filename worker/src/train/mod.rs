@@ -1,5 +1,6 @@
 //! The training loop: MoCo v2 and the Revisiting recipe.
 pub mod cli;
+pub mod collectives;
 pub mod config;
 pub mod error;
 pub mod progress_bar;

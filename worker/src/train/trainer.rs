@@ -11,11 +11,12 @@ use tch::{Cuda, Device, Tensor};
 use tracing::{info, warn};
 
 use crate::checkpoint::{CheckpointStore, Meta, hash_json};
-use crate::dist::{Backend, GradReducer, ProcessGroup, Rendezvous, broadcast_parameters};
+use crate::dist::{Backend, ProcessGroup, Rendezvous, broadcast_parameters};
 use crate::input::normalized;
-use crate::model::{CollectiveError, Gang, Moco, MocoSpec, Views};
+use crate::model::{Gang, Moco, MocoSpec, Views};
 use crate::telemetry::{LossKind, Metrics, Progress, Server};
 
+use super::collectives::GradientAverager;
 use super::error::TrainError;
 use super::progress_bar::ProgressBar;
 use super::schedule::learning_rate;
@@ -82,36 +83,6 @@ pub struct Outcome {
     pub report: Report,
     /// Mean total loss of each epoch this process trained (this rank's batches).
     pub epoch_losses: Vec<f64>,
-}
-
-/// The process group as MoCo's shuffle BN sees it.
-struct GangRef<'a>(&'a ProcessGroup);
-
-impl Gang for GangRef<'_> {
-    fn rank(&self) -> usize {
-        self.0.rank()
-    }
-    fn world_size(&self) -> usize {
-        self.0.world_size()
-    }
-    fn all_gather(&self, t: &Tensor) -> Result<Tensor, CollectiveError> {
-        Ok(self.0.all_gather(t)?)
-    }
-    fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<(), CollectiveError> {
-        Ok(self.0.broadcast(t, root)?)
-    }
-}
-
-/// Gradient averaging through the bucketed reducer.
-struct Reducer<'a> {
-    pg: &'a ProcessGroup,
-    reducer: GradReducer,
-}
-
-impl GradientSync for Reducer<'_> {
-    fn sync(&mut self) -> Result<Duration, CollectiveError> {
-        Ok(self.reducer.reduce(self.pg)?.all_reduce)
-    }
 }
 
 fn data_format(format: DatasetFormat) -> kontrast_data::DatasetFormat {
@@ -307,10 +278,7 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
                 .map(|e| e.tensor.shallow_clone())
                 .collect();
             broadcast_parameters(pg, &all, 0)?;
-            Some(Reducer {
-                pg,
-                reducer: GradReducer::new(&moco.trainable())?,
-            })
+            Some(GradientAverager::new(pg, &moco.trainable())?)
         }
         None => None,
     };
@@ -388,14 +356,13 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
         for batch in loader {
             let batch = batch.map_err(TrainError::Data)?;
             let inputs = views(&batch, large, device);
-            let gang = pg.as_ref().map(GangRef);
             let report = train_step(
                 &moco,
                 &mut sgd,
                 &inputs,
                 lr,
                 knn_active,
-                gang.as_ref().map(|g| g as &dyn Gang),
+                pg.as_ref().map(|g| g as &dyn Gang),
                 reducer.as_mut().map(|r| r as &mut dyn GradientSync),
             )?;
             step += 1;
