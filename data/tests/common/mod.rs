@@ -19,8 +19,15 @@ pub fn python() -> PathBuf {
 
 /// Runs `tests/reference/augment_reference.py` with `args`.
 pub fn reference(args: &[&str]) {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/augment_reference.py");
+    run_reference("augment_reference.py", args);
+}
+
+/// Runs the reference script `name` (in `tests/reference/`) with `args`, failing the test with
+/// its stderr when it fails.
+fn run_reference(name: &str, args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/reference")
+        .join(name);
     let out = Command::new(python())
         .arg(&script)
         .args(args)
@@ -28,7 +35,7 @@ pub fn reference(args: &[&str]) {
         .expect("python runs");
     assert!(
         out.status.success(),
-        "reference script failed ({:?}):\n{}",
+        "{name} failed ({:?}):\n{}",
         args,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -176,17 +183,5 @@ pub fn write_npy_u8(path: &Path, shape: &[usize], data: &[u8]) {
 
 /// Runs `tests/reference/augment_segment.py` with `args`.
 pub fn segment_reference(args: &[&str]) {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/augment_segment.py");
-    let out = Command::new(python())
-        .arg(&script)
-        .args(args)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "segmentation reference script failed ({:?}):\n{}",
-        args,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_reference("augment_segment.py", args);
 }
