@@ -15,7 +15,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use common::{Proc, assert_same_tensors, free_port, read_tensors, relative_difference, within};
@@ -234,18 +234,10 @@ fn rank_process() {
 
 /// This test binary as a process of `role` (a rank of a two-process gang unless `Single`).
 fn spawn_role(role: Role, rank: usize, port: u16, out: &Path) -> Proc {
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "rank_process",
-        "--exact",
-        "--include-ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(ROLE_ENV, role.name())
-    .env(OUT_ENV, out)
-    .env("RUST_BACKTRACE", "0");
+    let mut cmd = common::rank_process();
+    cmd.env(ROLE_ENV, role.name())
+        .env(OUT_ENV, out)
+        .env("RUST_BACKTRACE", "0");
     if role != Role::Single {
         common::rank_env(&mut cmd, rank, WORLD, port);
     }

@@ -4,12 +4,14 @@
 //! re-executed into `rank_process` (ignored in normal runs), which dispatches on
 //! `KONTRAST_TEST_RANK_ROLE`. Every test picks its own free port, so tests run in parallel.
 use std::fs::File;
-use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{free_port, rank_env};
 use kontrast_worker::dist::{
     Backend, DistError, GradReducer, ProcessGroup, ReduceOp, Rendezvous, broadcast_parameters,
     ordered_variables, verify_gloo_layout,
@@ -19,13 +21,6 @@ use tch::{Device, Kind, Tensor};
 
 const ROLE_ENV: &str = "KONTRAST_TEST_RANK_ROLE";
 const OUT_ENV: &str = "KONTRAST_TEST_OUT";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
-}
 
 /// A spawned rank whose stdout and stderr go to files (pipes could fill up and block it).
 struct Rank {
@@ -118,14 +113,6 @@ impl Drop for Rank {
     }
 }
 
-fn rank_env(cmd: &mut Command, rank: usize, world: usize, port: u16) {
-    cmd.env("RANK", rank.to_string())
-        .env("WORLD_SIZE", world.to_string())
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", port.to_string())
-        .env("LOCAL_RANK", "0");
-}
-
 /// `kontrast collectives` as one rank of a gang on 127.0.0.1.
 fn collectives_command(rank: usize, world: usize, port: u16, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kontrast"));
@@ -143,17 +130,8 @@ fn collectives_command(rank: usize, world: usize, port: u16, args: &[&str]) -> C
 
 /// This test binary as one rank running `role` (see `rank_process`).
 fn rank_process_command(role: &str, rank: usize, world: usize, port: u16, out: &Path) -> Command {
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "rank_process",
-        "--exact",
-        "--include-ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(ROLE_ENV, role)
-    .env(OUT_ENV, out);
+    let mut cmd = common::rank_process();
+    cmd.env(ROLE_ENV, role).env(OUT_ENV, out);
     rank_env(&mut cmd, rank, world, port);
     cmd
 }

@@ -113,20 +113,7 @@ pub fn read_image(path: &Path) -> RgbImage {
 
 /// Writes an `H × W × 3` `uint8` image.
 pub fn write_image(path: &Path, img: &RgbImage) {
-    let header = format!(
-        "{{'descr': '|u1', 'fortran_order': False, 'shape': ({}, {}, 3), }}",
-        img.height, img.width
-    );
-    let mut h = header.into_bytes();
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(b' ');
-    }
-    h.push(b'\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    out.extend_from_slice(&h);
-    out.extend_from_slice(&img.data);
-    std::fs::write(path, out).expect("write npy");
+    write_npy_u8(path, &[img.height, img.width, 3], &img.data);
 }
 
 /// Largest absolute difference and fraction of differing bytes.

@@ -330,3 +330,18 @@ pub fn within(tolerance: f64) -> impl FnMut(&str, &Tensor, &Tensor) -> Result<()
         }
     }
 }
+
+/// This test binary re-executed to run only its ignored `rank_process` entry: how the
+/// multi-process tests start their ranks (the caller adds the role and rank environment).
+pub fn rank_process() -> Command {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "rank_process",
+        "--exact",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    cmd
+}
