@@ -613,7 +613,8 @@ async fn deleting_a_run_garbage_collects_everything_it_owns() {
 async fn an_operator_restarted_mid_run_continues_without_duplicate_pods() {
     let mut h = Harness::start("op-restart-operator").await;
     let ns = h.tc.namespace("ml").await.unwrap();
-    let runs = h.run(&ns, "r8", json!({"steps": 60}), json!({})).await;
+    // Long enough (30 s) that the operator is stopped while the gang is still training, even on a loaded machine.
+    let runs = h.run(&ns, "r8", json!({"steps": 300}), json!({})).await;
     h.wait_phase(&runs, "r8", RunPhase::Training).await;
     h.stop_operator().await;
     let before = h.worker_pod_names(&ns, "r8").await;
