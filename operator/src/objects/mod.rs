@@ -3,6 +3,7 @@
 //! Jobs. Everything carries the run's labels and a controller owner reference, so the garbage
 //! collector removes it with the run.
 pub mod config_map;
+pub mod cpu_threads;
 pub mod job;
 pub mod names;
 pub mod pod;

@@ -10,7 +10,7 @@ use kontrast_api::v1alpha1::{ContrastiveRun, GangScheduler};
 use serde_json::{Value, json};
 
 use super::config_map::{CONFIG_DIR, CONFIG_FILE};
-use super::{metadata, names, pod_group, run_labels, volumes};
+use super::{cpu_threads, metadata, names, pod_group, run_labels, volumes};
 
 /// Kueue's queue label.
 pub const KUEUE_QUEUE: &str = "kueue.x-k8s.io/queue-name";
@@ -171,7 +171,7 @@ pub fn build(run: &ContrastiveRun, config: &RunConfig, attempt: u32, rank: u32) 
         mounts.push(json!({"name": "dataset", "mountPath": run.spec.dataset.mount_path(), "readOnly": true}));
     }
     let checkpoint_dir = names::checkpoint_dir(run.spec.checkpoint.mount_path(), &name);
-    let env = vec![
+    let mut env = vec![
         env("MASTER_ADDR", names::rank_address(&name, &ns, 0)),
         env("MASTER_PORT", run.spec.master_port),
         env("NNODES", world.nodes),
@@ -191,6 +191,11 @@ pub fn build(run: &ContrastiveRun, config: &RunConfig, attempt: u32, rank: u32) 
             if attempt > 1 { "latest" } else { "none" },
         ),
     ];
+    if let Some(threads) =
+        cpu_threads::threads_per_rank(run.spec.resources.as_ref(), world.procs_per_node)
+    {
+        env.push(self::env("OMP_NUM_THREADS", threads));
+    }
     let mut spec = json!({
         "restartPolicy": "Never",
         "hostname": names::hostname(rank),
