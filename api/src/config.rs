@@ -181,6 +181,10 @@ pub struct Recipe {
     pub arch: Arch,
     /// CIFAR-style stem (3×3 stride-1 first convolution, no max-pool) for small images.
     pub cifar_stem: bool,
+    /// Channels of the first stage (64 in torchvision); stages have 1, 2, 4 and 8 times as many.
+    /// Documents written before the field existed mean torchvision's width.
+    #[serde(default = "torchvision_width")]
+    pub width: u32,
     /// Training epochs.
     pub epochs: u32,
     /// Global batch size (all ranks together).
@@ -197,6 +201,10 @@ pub struct Recipe {
     pub knn_loss: Option<KnnLossConfig>,
     /// Numeric precision.
     pub precision: Precision,
+}
+
+fn torchvision_width() -> u32 {
+    crate::v1alpha1::TORCHVISION_WIDTH
 }
 
 /// SGD with momentum.

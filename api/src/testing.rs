@@ -102,6 +102,11 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<(String, St
             }
         }
     }
+    if let (Some(n), Some(step)) = (value.as_f64(), schema["multipleOf"].as_f64())
+        && (n / step).fract() != 0.0
+    {
+        fail(format!("must be a multiple of {step}"));
+    }
     if let Some(s) = value.as_str() {
         let length = s.chars().count() as u64;
         if schema["minLength"].as_u64().is_some_and(|min| length < min) {

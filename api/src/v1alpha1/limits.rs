@@ -14,6 +14,12 @@ pub const MAX_BATCH_SIZE: u32 = 65_536;
 pub const MIN_BATCH_SIZE_PER_RANK: u32 = 2;
 /// Largest base learning rate.
 pub const MAX_LR: f64 = 100.0;
+/// Narrowest backbone (channels of the first stage).
+pub const MIN_WIDTH: u32 = 8;
+/// Widest backbone.
+pub const MAX_WIDTH: u32 = 512;
+/// Backbone widths are multiples of this (whole SIMD lanes; torchvision's 64 is one).
+pub const WIDTH_MULTIPLE: u32 = 8;
 /// Largest MoCo queue (negatives).
 pub const MAX_QUEUE_SIZE: u32 = 1_048_576;
 /// Smallest projection dimension.

@@ -19,7 +19,7 @@ pub use dataset::{DataVolume, DatasetSpec, HostPathVolume, NfsVolume, PvcVolume,
 pub use evaluation::{EvaluationDataset, EvaluationSpec};
 pub use presets::{
     PAPER_KNN_LOSS, PRESET_BATCH_SIZE, PRESET_EPOCHS, PRESET_LARGE_CROPS, PRESET_QUEUE_SIZE,
-    REVISITING_SMALL_CROPS,
+    REVISITING_SMALL_CROPS, TORCHVISION_WIDTH,
 };
 pub use recipe::{
     AutoAugmentSpec, CropsSpec, KnnLossSpec, LargeCropsSpec, MocoSpec, OptimizerSpec, RecipeSpec,

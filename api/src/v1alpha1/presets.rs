@@ -6,6 +6,8 @@ use crate::config::{
     Precision, Preset, Recipe,
 };
 
+/// Channels of the first stage in torchvision's ResNets, so published checkpoints map 1:1.
+pub const TORCHVISION_WIDTH: u32 = 64;
 /// Global batch size of both presets. The CEL rules assume it when `recipe.batchSize` is unset.
 pub const PRESET_BATCH_SIZE: u32 = 256;
 /// Queue size of both presets. The CEL rules assume it when `recipe.moco.queueSize` is unset.
@@ -29,6 +31,7 @@ impl Preset {
         let mocov2 = Recipe {
             arch: Arch::Resnet50,
             cifar_stem: false,
+            width: TORCHVISION_WIDTH,
             epochs: PRESET_EPOCHS,
             batch_size: PRESET_BATCH_SIZE,
             optimizer: OptimizerConfig {
@@ -104,6 +107,7 @@ mod tests {
         let expected = Recipe {
             arch: Arch::Resnet50,
             cifar_stem: false,
+            width: TORCHVISION_WIDTH,
             epochs: 200,
             batch_size: 256,
             optimizer: OptimizerConfig {

@@ -28,6 +28,12 @@ pub struct RecipeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::optional_enum::<Arch>")]
     pub arch: Option<Arch>,
+    /// Channels of the backbone's first stage, a multiple of 8; the four stages have width,
+    /// 2·width, 4·width and 8·width planes (torchvision's ResNets: 64). Narrower networks suit
+    /// small images and small machines; published checkpoints need 64. Preset: 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = MIN_WIDTH, max = MAX_WIDTH), extend("multipleOf" = WIDTH_MULTIPLE))]
+    pub width: Option<u32>,
     /// Training epochs. Preset: 200.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_EPOCHS))]

@@ -523,6 +523,7 @@ impl RecipeSpec {
         let mut r = self.preset.recipe();
         r.arch = self.arch.unwrap_or(r.arch);
         r.cifar_stem = self.cifar_stem.unwrap_or(r.cifar_stem);
+        r.width = self.width.unwrap_or(r.width);
         r.epochs = self.epochs.unwrap_or(r.epochs);
         r.batch_size = self.batch_size.unwrap_or(r.batch_size);
         r.precision = self.precision.unwrap_or(r.precision);
@@ -578,6 +579,18 @@ fn check_recipe(c: &mut Checker, spec: &RecipeSpec, r: &Recipe) {
         1,
         MAX_BATCH_SIZE.into(),
     );
+    c.int(
+        &format!("{F}.width"),
+        r.width.into(),
+        MIN_WIDTH.into(),
+        MAX_WIDTH.into(),
+    );
+    if !r.width.is_multiple_of(WIDTH_MULTIPLE) {
+        c.fail(
+            &format!("{F}.width"),
+            format!("{} must be a multiple of {WIDTH_MULTIPLE}", r.width),
+        );
+    }
 
     let o = &r.optimizer;
     c.float(

@@ -143,6 +143,18 @@ fn invalid_specs() -> Vec<Case> {
             At("spec.dataset.path"),
         ),
         case(
+            "backbone narrower than 8 channels",
+            json!({"recipe": {"width": 4}}),
+            "spec.recipe.width",
+            At("spec.recipe.width"),
+        ),
+        case(
+            "backbone width not a multiple of 8",
+            json!({"recipe": {"width": 12}}),
+            "spec.recipe.width",
+            At("spec.recipe.width"),
+        ),
+        case(
             "zero epochs",
             json!({"recipe": {"epochs": 0}}),
             "spec.recipe.epochs",
