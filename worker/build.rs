@@ -1,5 +1,6 @@
-//! Compiles the c10d shim (`csrc/c10d_shim.cpp`) against libtorch's headers and embeds libtorch's
-//! directory as an rpath so `kontrast` runs without LD_LIBRARY_PATH.
+//! Compiles the C++ shims (`csrc/c10d_shim.cpp`, `csrc/autocast_shim.cpp`, `csrc/cuda_memory.cpp`)
+//! against libtorch's headers and embeds libtorch's directory as an rpath so `kontrast` runs without
+//! LD_LIBRARY_PATH.
 //!
 //! libtorch's location comes from torch-sys (`DEP_TCH_LIBTORCH_LIB`, the `lib/` directory); its
 //! headers are next to it (`../include`). With the `nccl` feature the CUDA and NCCL headers come
@@ -26,6 +27,8 @@ fn main() {
         .pic(true)
         .std("c++20")
         .file("csrc/c10d_shim.cpp")
+        .file("csrc/autocast_shim.cpp")
+        .file("csrc/cuda_memory.cpp")
         // The stand-in gloo headers first (see csrc/gloo/README.md).
         .include("csrc")
         .include(&include)

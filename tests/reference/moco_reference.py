@@ -8,9 +8,14 @@ state_dict names, loaded with strict=True, which also proves the layout matches 
 and see the same batches; this script writes every tensor of the model after the steps, plus the
 losses of each step.
 
+With `"autocast": "bf16"` in the config, each step's forward pass (encoders, momentum update,
+losses; not the backward pass or the optimiser step) runs under
+`torch.autocast("cpu", dtype=torch.bfloat16)`, as the worker's bf16 precision does.
+
 Usage: moco_reference.py --init INIT --batches BATCHES --config CONFIG.json --out OUT
 """
 import argparse
+import contextlib
 import json
 
 import torch
@@ -18,6 +23,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from safetensors.torch import load_file, save_file
+
+
+def at_least_f32(t):
+    """t in float32 when autocast produced it in a reduced precision, else t itself."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def make_encoder(cfg):
@@ -91,7 +101,7 @@ class MoCo(nn.Module):
         queue = self.queue.clone().detach()
         l_pos = torch.einsum("nc,nc->n", [q, k_rows]).unsqueeze(-1)
         l_neg = torch.einsum("nc,ck->nk", [q, queue])
-        logits = torch.cat([l_pos, l_neg], dim=1) / T
+        logits = at_least_f32(torch.cat([l_pos, l_neg], dim=1) / T)
         labels = torch.zeros(logits.shape[0], dtype=torch.long)
         info_nce = F.cross_entropy(logits, labels)
         knn = None
@@ -101,7 +111,7 @@ class MoCo(nn.Module):
                 hq = F.normalize(torch.cat(hs), dim=1)
                 sim = hq @ self.queue_backbone.clone()
                 _, idx = sim.topk(cfg["knn"]["top_k"], dim=1)
-            z = l_neg / T
+            z = at_least_f32(l_neg) / T
             z = z - z.max(dim=1, keepdim=True)[0].detach()
             log_p = F.log_softmax(z, dim=1)
             knn = -torch.gather(log_p, 1, idx).mean(dim=1).mean()
@@ -132,13 +142,22 @@ def main():
         weight_decay=cfg["weight_decay"],
     )
     batches = load_file(args.batches)
+    autocast = cfg.get("autocast")
+    if autocast not in (None, "bf16"):
+        raise SystemExit(f"unknown autocast {autocast!r}")
     out = {}
     for step in range(cfg["steps"]):
         small = batches.get(f"step{step}.small")
         small = small.to(dtype) if small is not None else None
         im_q = batches[f"step{step}.query"].to(dtype)
         im_k = batches[f"step{step}.key"].to(dtype)
-        info_nce, knn, total = model(im_q, im_k, small, True)
+        forward = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if autocast == "bf16"
+            else contextlib.nullcontext()
+        )
+        with forward:
+            info_nce, knn, total = model(im_q, im_k, small, True)
         opt.zero_grad()
         total.backward()
         opt.step()

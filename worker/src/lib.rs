@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+pub mod cuda_memory;
 pub mod dist;
 pub mod eval;
 pub mod info;

@@ -55,6 +55,7 @@ fn spec(shuffle_keys: bool) -> MocoSpec {
     MocoSpec {
         arch: Arch::Resnet18,
         cifar_stem: true,
+        width: 64,
         dim: 128,
         queue_size: QUEUE,
         mlp: true,

@@ -253,6 +253,7 @@ fn resnet50_mocov2() -> MocoSpec {
     MocoSpec {
         arch: Arch::Resnet50,
         cifar_stem: false,
+        width: 64,
         dim: 128,
         queue_size: 32,
         mlp: true,
@@ -293,6 +294,7 @@ fn resnet18_revisiting() -> MocoSpec {
     MocoSpec {
         arch: Arch::Resnet18,
         cifar_stem: true,
+        width: 64,
         dim: 16,
         queue_size: 32,
         mlp: true,

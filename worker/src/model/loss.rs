@@ -31,6 +31,10 @@ pub struct Losses {
 /// (over the queue columns only, row max subtracted first and detached, as in the reference).
 ///
 /// `q`, `k`: R×dim L2-normalised; `queue`: dim×K L2-normalised columns.
+///
+/// Under autocast the similarities come out of the matrix product in the reduced dtype; both
+/// softmax terms are computed from them in fp32 (on the CPU autocast would leave `log_softmax` in
+/// bfloat16), so every loss is an fp32 scalar.
 pub fn contrastive_loss(
     q: &Tensor,
     k: &Tensor,
@@ -40,7 +44,7 @@ pub fn contrastive_loss(
 ) -> Losses {
     let l_pos = (q * k).sum_dim_intlist([1i64].as_slice(), true, None::<Kind>); // R×1
     let l_neg = q.mm(queue); // R×K
-    let logits = Tensor::cat(&[&l_pos, &l_neg], 1) / temperature; // R×(1+K)
+    let logits = at_least_f32(&(Tensor::cat(&[&l_pos, &l_neg], 1) / temperature)); // R×(1+K)
     let labels = Tensor::zeros([logits.size()[0]], (Kind::Int64, q.device()));
     let info_nce =
         logits.cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, -100, 0.0);
@@ -56,7 +60,7 @@ pub fn contrastive_loss(
         let similarity = knn.query_features.mm(knn.queue_features); // R×K
         similarity.topk(knn.top_k, 1, true, false).1 // R×k
     });
-    let z = &l_neg / temperature;
+    let z = at_least_f32(&l_neg) / temperature;
     let z = &z - z.amax([1i64].as_slice(), true).detach();
     let log_p = z.log_softmax(1, None::<Kind>); // R×K
     let aux = -log_p
@@ -68,5 +72,14 @@ pub fn contrastive_loss(
         info_nce,
         knn: Some(aux),
         total,
+    }
+}
+
+/// `t` in fp32 when it is in a reduced precision (float16 or bfloat16, from autocast), otherwise
+/// `t` itself: an fp32 run is untouched and an fp64 one stays fp64.
+fn at_least_f32(t: &Tensor) -> Tensor {
+    match t.kind() {
+        Kind::Half | Kind::BFloat16 => t.to_kind(Kind::Float),
+        _ => t.shallow_clone(),
     }
 }

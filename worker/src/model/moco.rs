@@ -16,6 +16,8 @@ pub struct MocoSpec {
     pub arch: Arch,
     /// 3×3 stride-1 stem without max-pool, for small images.
     pub cifar_stem: bool,
+    /// Channels of the first stage (64 in torchvision).
+    pub width: i64,
     /// Output dimension of the projection head.
     pub dim: i64,
     /// Queue length K.
@@ -104,7 +106,7 @@ impl Moco {
         let mut params = Params::default();
         let build = |params: &mut Params, name: &str, trainable: bool| {
             let mut scope = params.scope(name, device, trainable);
-            let backbone = ResNet::new(scope.reborrow(), spec.arch, spec.cifar_stem);
+            let backbone = ResNet::new(scope.reborrow(), spec.arch, spec.cifar_stem, spec.width);
             let head =
                 ProjectionHead::new(scope.reborrow(), backbone.feature_dim(), spec.dim, spec.mlp);
             Encoder { backbone, head }
@@ -355,7 +357,9 @@ impl Moco {
         )
     }
 
-    /// Writes the gang's keys (and their backbone features) into the queue as a FIFO ring.
+    /// Writes the gang's keys (and their backbone features) into the queue as a FIFO ring. Keys
+    /// computed under autocast arrive in the reduced dtype; `copy_` casts them into the queue,
+    /// which stays in the model's dtype.
     pub fn enqueue(&self, keys: &Tensor, key_features: Option<&Tensor>) -> Result<(), ModelError> {
         let batch = keys.size()[0];
         let k = self.spec.queue_size;

@@ -1,4 +1,6 @@
-//! The networks: torchvision-compatible ResNets, the projection head, the MoCo pair and its loss.
+//! The networks: torchvision-compatible ResNets, the projection head, the MoCo pair and its loss,
+//! and the autocast regions mixed precision runs them in.
+pub mod autocast;
 pub mod batch_norm;
 pub mod head;
 pub mod loss;
@@ -6,6 +8,7 @@ pub mod moco;
 pub mod params;
 pub mod resnet;
 
+pub use autocast::{AutocastError, AutocastGuard, autocast_kind};
 pub use moco::{Forward, Moco, MocoSpec, Views};
 
 use tch::Tensor;

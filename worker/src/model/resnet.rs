@@ -130,21 +130,23 @@ pub struct ResNet {
 
 impl ResNet {
     /// Registers the trunk's tensors in `scope`. `cifar_stem` swaps the 7×7/2 convolution and the
-    /// max-pool for one 3×3/1 convolution (for images of a few dozen pixels).
-    pub fn new(mut scope: Scope<'_>, arch: Arch, cifar_stem: bool) -> Self {
+    /// max-pool for one 3×3/1 convolution (for images of a few dozen pixels); `width` is the
+    /// first stage's channel count (torchvision: 64), doubled at each later stage.
+    pub fn new(mut scope: Scope<'_>, arch: Arch, cifar_stem: bool, width: i64) -> Self {
+        let w = width;
         let conv1 = if cifar_stem {
-            Conv2d::new(&mut scope, "conv1", 3, 64, 3, 1)
+            Conv2d::new(&mut scope, "conv1", 3, w, 3, 1)
         } else {
-            Conv2d::new(&mut scope, "conv1", 3, 64, 7, 2)
+            Conv2d::new(&mut scope, "conv1", 3, w, 7, 2)
         };
-        let bn1 = BatchNorm2d::new(scope.sub("bn1"), 64);
+        let bn1 = BatchNorm2d::new(scope.sub("bn1"), w);
         let (depths, expansion) = match arch {
             Arch::Resnet18 => ([2, 2, 2, 2], 1),
             Arch::Resnet50 => ([3, 4, 6, 3], 4),
         };
-        let mut cin = 64;
+        let mut cin = w;
         let mut layers = Vec::new();
-        for (l, (&depth, planes)) in depths.iter().zip([64, 128, 256, 512]).enumerate() {
+        for (l, (&depth, planes)) in depths.iter().zip([w, 2 * w, 4 * w, 8 * w]).enumerate() {
             let mut layer_scope = scope.sub(format!("layer{}", l + 1));
             let mut blocks = Vec::new();
             for b in 0..depth {

@@ -60,6 +60,9 @@ pub struct Metrics {
     pub checkpoint_last_epoch: IntGauge,
     /// `kontrast_train_corrupt_images_skipped_total`: undecodable images skipped by the loader.
     pub corrupt_images_skipped: IntCounter,
+    /// `kontrast_train_loss_scale_overflows_total`: optimiser steps skipped because fp16
+    /// gradients overflowed at the current loss scale.
+    pub loss_scale_overflows: IntCounter,
 }
 
 /// Registers `metric` and hands it back.
@@ -217,6 +220,14 @@ impl Metrics {
                     "Undecodable images skipped by the data loader",
                 ),
             )?,
+            loss_scale_overflows: register(
+                r,
+                "kontrast_train_loss_scale_overflows_total",
+                IntCounter::new(
+                    "kontrast_train_loss_scale_overflows_total",
+                    "Optimiser steps skipped because fp16 gradients overflowed at the loss scale",
+                ),
+            )?,
             gpu_memory_allocated: register(
                 r,
                 "kontrast_train_gpu_memory_allocated_bytes",
@@ -305,6 +316,7 @@ mod tests {
             "kontrast_train_checkpoint_write_seconds_bucket",
             "kontrast_train_checkpoint_last_epoch",
             "kontrast_train_corrupt_images_skipped_total",
+            "kontrast_train_loss_scale_overflows_total",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

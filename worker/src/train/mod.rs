@@ -3,6 +3,8 @@ pub mod cli;
 pub mod collectives;
 pub mod config;
 pub mod error;
+pub mod loss_scale;
+pub mod precision;
 pub mod progress_bar;
 pub mod schedule;
 pub mod sgd;

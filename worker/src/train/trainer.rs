@@ -4,13 +4,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kontrast_api::config::{DatasetFormat, Precision, RunConfig};
+use kontrast_api::config::{DatasetFormat, RunConfig};
 use kontrast_api::progress::{CheckpointReport, Report};
 use kontrast_data::{Batch, Dataset, Loader, LoaderConfig, LoaderStats, MultiCropSpec, Sampler};
 use tch::{Cuda, Device, Tensor};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::checkpoint::{CheckpointStore, Meta, hash_json};
+use crate::cuda_memory::cuda_memory;
 use crate::dist::{Backend, ProcessGroup, Rendezvous, broadcast_parameters};
 use crate::input::normalized;
 use crate::model::{Gang, Moco, MocoSpec, Views};
@@ -18,11 +19,12 @@ use crate::telemetry::{LossKind, Metrics, Progress, Server};
 
 use super::collectives::GradientAverager;
 use super::error::TrainError;
+use super::precision::MixedPrecision;
 use super::progress_bar::ProgressBar;
 use super::schedule::learning_rate;
 use super::sgd::{Sgd, SgdConfig};
 use super::state;
-use super::step::{GradientSync, train_step};
+use super::step::{GradientSync, train_step_with_precision};
 
 /// Where this process sits in the gang (from `launch`'s environment; one process otherwise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +121,7 @@ pub fn moco_spec(config: &RunConfig) -> MocoSpec {
     MocoSpec {
         arch: r.arch,
         cifar_stem: r.cifar_stem,
+        width: i64::from(r.width),
         dim: i64::from(r.moco.dim),
         queue_size: i64::from(r.moco.queue_size),
         mlp: r.moco.mlp,
@@ -176,12 +179,9 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
     }
     let leader = placement.rank == 0;
     let device = device_for(config, &placement)?;
-    if config.recipe.precision != Precision::Fp32 {
-        warn!(
-            precision = ?config.recipe.precision,
-            "mixed precision is not implemented in this worker yet; training in fp32"
-        );
-    }
+    // Before anything heavy: a precision the device cannot run is a configuration error.
+    let mut precision = MixedPrecision::new(config.recipe.precision, device)
+        .map_err(|e| TrainError::Config(e.to_string()))?;
     let dataset = Arc::new(
         Dataset::open(
             data_format(config.dataset.format),
@@ -211,6 +211,7 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
         rank = placement.rank,
         world_size = placement.world_size,
         ?device,
+        precision = ?config.recipe.precision,
         images = dataset.len(),
         steps_per_epoch,
         "training starts"
@@ -260,6 +261,12 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
             });
         }
         state::restore(&moco, &mut sgd, &loaded)?;
+        precision
+            .load_state(&loaded.tensors)
+            .map_err(|e| TrainError::IncompatibleCheckpoint {
+                path: loaded.path.clone(),
+                reason: e.to_string(),
+            })?;
         start_epoch = loaded.manifest.epoch;
         step = loaded.manifest.step;
         last_checkpoint = Some(CheckpointReport {
@@ -356,7 +363,7 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
         for batch in loader {
             let batch = batch.map_err(TrainError::Data)?;
             let inputs = views(&batch, large, device);
-            let report = train_step(
+            let report = train_step_with_precision(
                 &moco,
                 &mut sgd,
                 &inputs,
@@ -364,8 +371,17 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
                 knn_active,
                 pg.as_ref().map(|g| g as &dyn Gang),
                 reducer.as_mut().map(|r| r as &mut dyn GradientSync),
+                &mut precision,
             )?;
             step += 1;
+            if report.skipped {
+                metrics.loss_scale_overflows.inc();
+                debug!(
+                    step,
+                    loss_scale = report.loss_scale,
+                    "gradients overflowed in fp16: optimiser step skipped, loss scale halved"
+                );
+            }
             loss_sum += report.losses.total;
             loss_steps += 1;
             let elapsed = last.elapsed();
@@ -406,6 +422,12 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
             });
             let logged = step % options.log_every.max(1) == 0 || step == total_steps;
             if logged {
+                if let Device::Cuda(index) = device {
+                    match cuda_memory(index) {
+                        Ok(m) => metrics.set_gpu_memory_allocated(index, m.allocated),
+                        Err(e) => debug!(error = %e, "no GPU memory statistics"),
+                    }
+                }
                 bar.clear();
                 info!(
                     epoch,
@@ -439,9 +461,11 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
         let due = done % config.checkpoint.every_epochs.max(1) == 0 || done == epochs;
         if let (Some(store), true, true) = (&store, due, leader) {
             let started = Instant::now();
+            let mut tensors = state::tensors(&moco, &sgd);
+            tensors.extend(precision.state());
             let path = store.save(
                 done,
-                &state::tensors(&moco, &sgd),
+                &tensors,
                 &Meta {
                     step,
                     config_hash: config_hash.clone(),

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use kontrast_api::config::RunConfig;
+use kontrast_api::config::{KnnLossConfig, RunConfig};
+use kontrast_api::v1alpha1::PAPER_KNN_LOSS;
 use kontrast_worker::train::config::{self, Overrides};
 use tch::{Kind, Tensor};
 
@@ -84,9 +85,10 @@ pub fn fashion_mnist_subset(dir: &Path, n: usize) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// The embedded quickstart run on `dataset`, made small enough for tests: 16-pixel large crops,
-/// two 8-pixel small crops, a checkpoint every epoch; `world_size` CPU processes on one node
-/// sharing the global `batch_size`.
+/// The embedded quickstart run on `dataset` with every part of the Revisiting recipe switched on
+/// (constrained small crops, AutoAugment, the kNN loss and its second queue), made small enough
+/// for tests: 16-pixel large crops, two 8-pixel small crops, a checkpoint every epoch;
+/// `world_size` CPU processes on one node sharing the global `batch_size`.
 pub fn small_run(
     dataset: &Path,
     world_size: u32,
@@ -106,15 +108,13 @@ pub fn small_run(
     config.recipe.crops.large.size = 16;
     config.recipe.crops.small.size = 8;
     config.recipe.crops.small.count = 2;
-    // Crops 2 and 3 are the small ones now; AutoAugment on crops that no longer exist is meaningless.
-    config
-        .recipe
-        .auto_augment_crops
-        .retain(|&c| c < config.recipe.crops.total());
-    if let Some(knn) = &mut config.recipe.knn_loss {
+    config.recipe.crops.constrained = true;
+    config.recipe.auto_augment_crops = vec![0, 2, 3];
+    config.recipe.knn_loss = Some(KnnLossConfig {
         // The queue must hold at least k entries.
-        knn.top_k = knn.top_k.min(queue_size / 2);
-    }
+        top_k: PAPER_KNN_LOSS.top_k.min(queue_size / 2),
+        ..PAPER_KNN_LOSS
+    });
     config.checkpoint.every_epochs = 1;
     config.world.nodes = 1;
     config.world.gpus_per_node = 0;
