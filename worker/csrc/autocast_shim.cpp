@@ -17,6 +17,8 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
+#include "guarded.h"
+
 namespace {
 
 thread_local std::string last_error;
@@ -24,18 +26,7 @@ thread_local std::string last_error;
 // Runs `body`, turning any exception into -1 plus a message for kontrast_autocast_last_error().
 template <typename F>
 int guarded(const char* what, F&& body) noexcept {
-  try {
-    body();
-    return 0;
-  } catch (const c10::Error& e) {
-    // what() would append a C++ backtrace; the message alone is what a user can act on.
-    last_error = std::string(what) + ": " + e.what_without_backtrace();
-  } catch (const std::exception& e) {
-    last_error = std::string(what) + ": " + e.what();
-  } catch (...) {
-    last_error = std::string(what) + ": unknown C++ exception";
-  }
-  return -1;
+  return kontrast::guarded(last_error, what, std::forward<F>(body));
 }
 
 c10::DeviceType device_of(int device_type) {

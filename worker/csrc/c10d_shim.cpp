@@ -19,6 +19,8 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+
+#include "guarded.h"
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -50,18 +52,7 @@ thread_local std::string last_error;
 // Runs `body`, turning any exception into -1 plus a message for kontrast_c10d_last_error().
 template <typename F>
 int guarded(const char* what, F&& body) noexcept {
-  try {
-    body();
-    return 0;
-  } catch (const c10::Error& e) {
-    // what() would append a C++ backtrace; the message alone is what a user can act on.
-    last_error = std::string(what) + ": " + e.what_without_backtrace();
-  } catch (const std::exception& e) {
-    last_error = std::string(what) + ": " + e.what();
-  } catch (...) {
-    last_error = std::string(what) + ": unknown C++ exception";
-  }
-  return -1;
+  return kontrast::guarded(last_error, what, std::forward<F>(body));
 }
 
 std::chrono::milliseconds millis(int64_t ms) {

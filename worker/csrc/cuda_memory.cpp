@@ -1,18 +1,17 @@
 // What libtorch's CUDA caching allocator holds, for the worker's GPU-memory gauge
 // (worker/src/cuda_memory.rs). tch does not expose the allocator's statistics.
 //
-// Built without CUDA (no `nccl` cargo feature) the call reports exactly that. As in the other
-// shims, failures return -1 and leave a message for kontrast_cuda_memory_last_error() on the
-// calling thread; no C++ exception crosses this boundary.
+// Built without CUDA (no `nccl` cargo feature) the call reports exactly that. Errors follow
+// guarded.h, read back through kontrast_cuda_memory_last_error().
 #include <cstdint>
-#include <exception>
 #include <string>
 
 #ifdef USE_CUDA
 #include <c10/core/Allocator.h>
 #include <c10/cuda/CUDACachingAllocator.h>
-#include <c10/util/Exception.h>
 #endif
+
+#include "guarded.h"
 
 namespace {
 thread_local std::string last_error;
@@ -26,22 +25,14 @@ const char* kontrast_cuda_memory_last_error() { return last_error.c_str(); }
 // reserved from the driver.
 int kontrast_cuda_memory(int device, int64_t* allocated, int64_t* peak, int64_t* reserved) noexcept {
 #ifdef USE_CUDA
-  try {
+  return kontrast::guarded(last_error, "CUDA memory statistics", [&] {
     const auto stats =
         c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
     constexpr auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
     *allocated = stats.allocated_bytes[all].current;
     *peak = stats.allocated_bytes[all].peak;
     *reserved = stats.reserved_bytes[all].current;
-    return 0;
-  } catch (const c10::Error& e) {
-    last_error = e.what_without_backtrace();
-  } catch (const std::exception& e) {
-    last_error = e.what();
-  } catch (...) {
-    last_error = "unknown C++ exception";
-  }
-  return -1;
+  });
 #else
   (void)device;
   *allocated = *peak = *reserved = 0;

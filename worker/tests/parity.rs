@@ -13,14 +13,14 @@
 //! second-step layer-4 gradients — so the multi-step cases (SGD momentum buffers, the queue
 //! ring, repeated momentum updates, the kNN loss against a partly filled queue) run both
 //! implementations in float64, where every bound is 1e-9.
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod reference;
 
 use kontrast_api::config::Arch;
 use kontrast_worker::model::{Moco, MocoSpec, Views};
 use kontrast_worker::train::sgd::{Sgd, SgdConfig};
 use kontrast_worker::train::step::train_step;
+use reference::{arch_name, relative_error};
 use tch::{Device, Kind, Tensor};
 
 const SGD: SgdConfig = SgdConfig {
@@ -59,56 +59,12 @@ impl Case {
     }
 }
 
-fn python() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
-}
-
-fn reference_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/moco_reference.py")
-}
-
-fn arch_name(arch: Arch) -> &'static str {
-    match arch {
-        Arch::Resnet18 => "resnet18",
-        Arch::Resnet50 => "resnet50",
-    }
-}
-
-/// ‖ours − reference‖∞ / ‖reference‖∞.
-fn relative_error(ours: &Tensor, reference: &Tensor) -> f64 {
-    let ours = ours.to_kind(Kind::Double);
-    let reference = reference.to_kind(Kind::Double);
-    let scale = reference.abs().max().double_value(&[]).max(1e-30);
-    (ours - reference).abs().max().double_value(&[]) / scale
-}
-
 fn assert_close(what: &str, ours: f64, reference: f64, tolerance: f64) {
     let err = ((ours - reference) / reference).abs();
     assert!(
         err <= tolerance,
         "{what}: ours {ours} reference {reference} (relative {err:e})"
     );
-}
-
-fn run_reference(dir: &Path) -> HashMap<String, Tensor> {
-    let out = dir.join("reference.safetensors");
-    let status = Command::new(python())
-        .arg(reference_script())
-        .args([
-            "--init",
-            "init.safetensors",
-            "--batches",
-            "batches.safetensors",
-        ])
-        .args(["--config", "config.json", "--out", "reference.safetensors"])
-        .current_dir(dir)
-        .status()
-        .expect("run the Python reference (`make setup` installs the venv)");
-    assert!(status.success(), "the reference failed: {status}");
-    Tensor::read_safetensors(&out)
-        .expect("read the reference's output")
-        .into_iter()
-        .collect()
 }
 
 fn run(case: Case) {
@@ -174,7 +130,7 @@ fn run(case: Case) {
             .collect();
         grads.push(step_grads);
     }
-    let reference = run_reference(dir.path());
+    let reference = reference::run(dir.path());
 
     for (step, ours) in reports.iter().enumerate() {
         let get = |name: &str| {

@@ -16,10 +16,10 @@
 //! Each constant gives what was measured (ResNet-18 MoCo v2 / Revisiting) and, to show that the
 //! comparison can tell, what the same check measures against the reference run without autocast.
 mod common;
+mod reference;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use kontrast_api::config::{Arch, Precision};
@@ -34,6 +34,7 @@ use kontrast_worker::train::precision::MixedPrecision;
 use kontrast_worker::train::sgd::{Sgd, SgdConfig};
 use kontrast_worker::train::step::{StepReport, train_step, train_step_with_precision};
 use kontrast_worker::train::trainer::{self, Options};
+use reference::{arch_name, relative_error};
 use tch::{Device, Kind, Tensor};
 
 const SGD: SgdConfig = SgdConfig {
@@ -106,29 +107,6 @@ fn resnet18_revisiting() -> Case {
         small: Some((8, 3)),
         lr: 0.05,
     }
-}
-
-fn python() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
-}
-
-fn reference_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/moco_reference.py")
-}
-
-fn arch_name(arch: Arch) -> &'static str {
-    match arch {
-        Arch::Resnet18 => "resnet18",
-        Arch::Resnet50 => "resnet50",
-    }
-}
-
-/// ‖ours − reference‖∞ / ‖reference‖∞, in float64.
-fn relative_error(ours: &Tensor, reference: &Tensor) -> f64 {
-    let ours = ours.to_kind(Kind::Double);
-    let reference = reference.to_kind(Kind::Double);
-    let scale = reference.abs().max().double_value(&[]).max(1e-30);
-    (ours - reference).abs().max().double_value(&[]) / scale
 }
 
 fn relative(ours: f64, reference: f64) -> f64 {
@@ -206,23 +184,7 @@ fn run_reference(
         "autocast": "bf16",
     });
     std::fs::write(dir.join("config.json"), config.to_string()).expect("write config");
-    let status = Command::new(python())
-        .arg(reference_script())
-        .args([
-            "--init",
-            "init.safetensors",
-            "--batches",
-            "batches.safetensors",
-        ])
-        .args(["--config", "config.json", "--out", "reference.safetensors"])
-        .current_dir(dir)
-        .status()
-        .expect("run the Python reference (`make setup` installs the venv)");
-    assert!(status.success(), "the reference failed: {status}");
-    Tensor::read_safetensors(dir.join("reference.safetensors"))
-        .expect("read the reference's output")
-        .into_iter()
-        .collect()
+    reference::run(dir)
 }
 
 /// A tolerance check that reports what it measured (shown with `--no-capture`).
