@@ -20,7 +20,7 @@ use kontrast_api::config::Arch;
 use kontrast_worker::model::{Moco, MocoSpec, Views};
 use kontrast_worker::train::sgd::{Sgd, SgdConfig};
 use kontrast_worker::train::step::train_step;
-use reference::{arch_name, relative_error};
+use reference::relative_error;
 use tch::{Device, Kind, Tensor};
 
 const SGD: SgdConfig = SgdConfig {
@@ -100,21 +100,12 @@ fn run(case: Case) {
     }
     Tensor::write_safetensors(&batches, dir.path().join("batches.safetensors"))
         .expect("write batches");
-    let config = serde_json::json!({
-        "arch": arch_name(case.spec.arch),
-        "cifar_stem": case.spec.cifar_stem,
-        "dim": case.spec.dim,
-        "queue_size": case.spec.queue_size,
-        "mlp": case.spec.mlp,
-        "momentum": case.spec.momentum,
-        "temperature": case.spec.temperature,
-        "knn": case.spec.knn.map(|(k, w)| serde_json::json!({"top_k": k, "weight": w})),
-        "lr": case.lr,
-        "sgd_momentum": SGD.momentum,
-        "weight_decay": SGD.weight_decay,
-        "steps": case.steps,
-        "dtype": if case.kind == Kind::Double { "float64" } else { "float32" },
-    });
+    let dtype = if case.kind == Kind::Double {
+        "float64"
+    } else {
+        "float32"
+    };
+    let config = reference::config(&case.spec, SGD, case.lr, case.steps, dtype);
     std::fs::write(dir.path().join("config.json"), config.to_string()).expect("write config");
 
     let mut sgd = Sgd::new(moco.trainable(), SGD);

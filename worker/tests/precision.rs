@@ -34,7 +34,7 @@ use kontrast_worker::train::precision::MixedPrecision;
 use kontrast_worker::train::sgd::{Sgd, SgdConfig};
 use kontrast_worker::train::step::{StepReport, train_step, train_step_with_precision};
 use kontrast_worker::train::trainer::{self, Options};
-use reference::{arch_name, relative_error};
+use reference::relative_error;
 use tch::{Device, Kind, Tensor};
 
 const SGD: SgdConfig = SgdConfig {
@@ -167,22 +167,8 @@ fn run_reference(
         batch.push(("step0.small", s));
     }
     Tensor::write_safetensors(&batch, dir.join("batches.safetensors")).expect("write batch");
-    let config = serde_json::json!({
-        "arch": arch_name(case.spec.arch),
-        "cifar_stem": case.spec.cifar_stem,
-        "dim": case.spec.dim,
-        "queue_size": case.spec.queue_size,
-        "mlp": case.spec.mlp,
-        "momentum": case.spec.momentum,
-        "temperature": case.spec.temperature,
-        "knn": case.spec.knn.map(|(k, w)| serde_json::json!({"top_k": k, "weight": w})),
-        "lr": case.lr,
-        "sgd_momentum": SGD.momentum,
-        "weight_decay": SGD.weight_decay,
-        "steps": 1,
-        "dtype": "float32",
-        "autocast": "bf16",
-    });
+    let mut config = reference::config(&case.spec, SGD, case.lr, 1, "float32");
+    config["autocast"] = serde_json::json!("bf16");
     std::fs::write(dir.join("config.json"), config.to_string()).expect("write config");
     reference::run(dir)
 }

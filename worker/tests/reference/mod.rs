@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kontrast_api::config::Arch;
+use kontrast_worker::model::MocoSpec;
+use kontrast_worker::train::sgd::SgdConfig;
+use serde_json::{Value, json};
 use tch::{Kind, Tensor};
 
 fn python() -> PathBuf {
@@ -20,11 +23,31 @@ fn script() -> PathBuf {
 }
 
 /// The reference's name of a backbone (torchvision's constructor).
-pub fn arch_name(arch: Arch) -> &'static str {
+fn arch_name(arch: Arch) -> &'static str {
     match arch {
         Arch::Resnet18 => "resnet18",
         Arch::Resnet50 => "resnet50",
     }
+}
+
+/// The reference's `config.json`: the model of `spec` trained for `steps` SGD steps at `lr` in
+/// `dtype` (`float32` or `float64`).
+pub fn config(spec: &MocoSpec, sgd: SgdConfig, lr: f64, steps: usize, dtype: &str) -> Value {
+    json!({
+        "arch": arch_name(spec.arch),
+        "cifar_stem": spec.cifar_stem,
+        "dim": spec.dim,
+        "queue_size": spec.queue_size,
+        "mlp": spec.mlp,
+        "momentum": spec.momentum,
+        "temperature": spec.temperature,
+        "knn": spec.knn.map(|(k, w)| json!({"top_k": k, "weight": w})),
+        "lr": lr,
+        "sgd_momentum": sgd.momentum,
+        "weight_decay": sgd.weight_decay,
+        "steps": steps,
+        "dtype": dtype,
+    })
 }
 
 /// Runs the reference in `dir`, which holds `init.safetensors` (the starting weights),
