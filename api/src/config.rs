@@ -154,6 +154,9 @@ pub struct DatasetConfig {
     pub format: DatasetFormat,
     /// Absolute path inside the container.
     pub path: String,
+    /// `flat` only: a COCO-style annotation file listing the images (relative to `path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<String>,
 }
 
 /// The process layout. The rendezvous itself comes from the environment (`MASTER_ADDR`, ...);

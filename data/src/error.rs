@@ -34,6 +34,15 @@ pub enum DataError {
         /// What is wrong with it.
         reason: String,
     },
+    /// An annotation file (the image list of a `flat` data set) is malformed or names images
+    /// that are not there.
+    #[error("annotation file {path}: {reason}")]
+    Annotations {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// One image could not be read or decoded.
     #[error("image {index} ({path}) could not be decoded: {reason}")]
     Decode {

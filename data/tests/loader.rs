@@ -207,6 +207,41 @@ fn moco_v2_and_revisiting_run_on_a_jpeg_folder() {
 }
 
 #[test]
+fn a_coco_annotation_file_selects_and_orders_the_images_of_a_flat_folder() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    common::fixtures(dir.path());
+    let images = dir.path().join("train2017");
+    std::fs::create_dir_all(images.join("sub")).expect("mkdir");
+    for (from, to) in [
+        ("china.jpg", "000000000009.jpg"),
+        ("flower.jpg", "sub/000000000025.jpg"),
+        ("china.png", "not-listed.png"),
+    ] {
+        std::fs::copy(dir.path().join(from), images.join(to)).expect("copy");
+    }
+    let annotations = dir.path().join("instances_train2017.json");
+    std::fs::write(
+        &annotations,
+        r#"{"info": {"description": "COCO-style"}, "licenses": [],
+            "images": [{"id": 25, "file_name": "sub/000000000025.jpg", "height": 427, "width": 640},
+                       {"id": 9, "file_name": "000000000009.jpg", "height": 427, "width": 640}],
+            "annotations": [{"id": 1, "image_id": 9, "bbox": [0, 0, 10, 10], "category_id": 1}],
+            "categories": [{"id": 1, "name": "person"}]}"#,
+    )
+    .expect("write annotations");
+    let ds = Arc::new(Dataset::open_annotated(&images, &annotations).expect("annotated"));
+    assert_eq!(ds.len(), 2);
+    assert!(ds.describe(0).ends_with("sub/000000000025.jpg"));
+    assert!(ds.describe(1).ends_with("000000000009.jpg"));
+    let sampler = Sampler::new(ds.len(), 0, 0, 1).expect("sampler");
+    let batches = collect(
+        Loader::new(ds, &sampler, MultiCropSpec::moco_v2(64), config(2, 1)).expect("loader"),
+    );
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].views[0].data.len(), 2 * 3 * 64 * 64);
+}
+
+#[test]
 fn eval_loader_keeps_every_image_and_its_label_in_order() {
     let ds = fashion_mnist(Split::Test);
     let indices: Vec<usize> = (0..23).collect();

@@ -12,6 +12,7 @@ use crate::config::DatasetFormat;
 #[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = rules::dataset_inside_mount())]
+#[x_kube(validation = rules::annotations_only_for_flat())]
 pub struct DatasetSpec {
     /// On-disk layout: `imagefolder` (a sub-directory per class; labels unused), `flat` (a
     /// directory of images searched recursively, e.g. COCO train2017) or `fashionMnist` (the IDX
@@ -20,6 +21,12 @@ pub struct DatasetSpec {
     /// Absolute path of the dataset inside the worker containers, without `..` components.
     #[schemars(length(min = 1, max = MAX_PATH_LENGTH), pattern(ABSOLUTE_PATH_PATTERN))]
     pub path: String,
+    /// Only for `flat`: a COCO-style annotation file (e.g.
+    /// `/data/coco/annotations/instances_train2017.json`) whose `images[].file_name` entries,
+    /// relative to `path`, are the images to train on. Omitted: every image under `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_PATH_LENGTH), pattern(ABSOLUTE_PATH_PATTERN))]
+    pub annotations: Option<String>,
     /// Volume holding the dataset, mounted read-only unless it says otherwise. Omit it when the
     /// image already contains the dataset.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,9 +13,9 @@ use super::recipe::RecipeSpec;
 use super::run::{ContrastiveRunSpec, Resources, Scheduling};
 use super::syntax::*;
 use crate::config::{
-    API_VERSION, CheckpointConfig, DatasetConfig, EvaluationConfig, EvaluationDatasetConfig,
-    EvaluationDatasetFormat, EvaluationKind, EvaluationTask, KnnLossConfig, MetricsConfig,
-    Precision, Recipe, RunConfig, WorldConfig,
+    API_VERSION, CheckpointConfig, DatasetConfig, DatasetFormat, EvaluationConfig,
+    EvaluationDatasetConfig, EvaluationDatasetFormat, EvaluationKind, EvaluationTask,
+    KnnLossConfig, MetricsConfig, Precision, Recipe, RunConfig, WorldConfig,
 };
 
 /// One broken rule: the field at fault and what would be valid.
@@ -214,6 +214,7 @@ impl ContrastiveRunSpec {
             dataset: DatasetConfig {
                 format: self.dataset.format,
                 path: self.dataset.path.clone(),
+                annotations: self.dataset.annotations.clone(),
             },
             world: WorldConfig {
                 nodes: self.nodes,
@@ -307,6 +308,27 @@ impl ContrastiveRunSpec {
             &self.dataset.path,
             self.dataset.volume.as_ref(),
         );
+        if let Some(annotations) = &self.dataset.annotations {
+            c.path("spec.dataset.annotations", annotations);
+            if let Some(volume) = &self.dataset.volume {
+                let mount = volume.mount_path_or(&self.dataset.path);
+                if !lies_within(annotations, mount) {
+                    c.fail(
+                        "spec.dataset.annotations",
+                        format!("{annotations:?} must lie below the dataset volume's mount path {mount:?} (set volume.mountPath to a directory holding both)"),
+                    );
+                }
+            }
+            if self.dataset.format != DatasetFormat::Flat {
+                c.fail(
+                    "spec.dataset.annotations",
+                    format!(
+                        "an annotation file lists the images of a `flat` data set; format {} has its own layout",
+                        serde_json::to_string(&self.dataset.format).unwrap_or_default()
+                    ),
+                );
+            }
+        }
 
         let cp = &self.checkpoint;
         c.int(

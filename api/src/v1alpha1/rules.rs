@@ -168,6 +168,15 @@ pub(crate) fn dataset_inside_mount() -> Rule {
     )
 }
 
+/// Only a `flat` data set takes its image list from an annotation file.
+pub(crate) fn annotations_only_for_flat() -> Rule {
+    invalid(
+        "!has(self.annotations) || self.format == 'flat'".into(),
+        ".annotations",
+        "annotations lists the images of a flat data set; drop it or use format: flat",
+    )
+}
+
 /// The checkpoint volume is writable.
 pub(crate) fn checkpoint_volume_writable() -> Rule {
     invalid(

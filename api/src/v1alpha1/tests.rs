@@ -143,6 +143,24 @@ fn invalid_specs() -> Vec<Case> {
             At("spec.dataset.path"),
         ),
         case(
+            "annotation file for a non-flat data set",
+            json!({"dataset": {"annotations": "/usr/share/datasets/fashion-mnist/list.json"}}),
+            "spec.dataset.annotations",
+            At("spec.dataset.annotations"),
+        ),
+        case(
+            "annotation file path climbing out",
+            json!({"dataset": {"format": "flat", "annotations": "/usr/share/datasets/../../etc/x.json"}}),
+            "spec.dataset.annotations",
+            At("spec.dataset.annotations"),
+        ),
+        case(
+            "annotation file outside the dataset volume",
+            json!({"dataset": {"format": "flat", "annotations": "/etc/instances.json"}}),
+            "spec.dataset.annotations",
+            OperatorOnly,
+        ),
+        case(
             "backbone narrower than 8 channels",
             json!({"recipe": {"width": 4}}),
             "spec.recipe.width",

@@ -1,6 +1,8 @@
 //! Data sets: a class-per-folder tree (`imagefolder`), a flat directory of images (`flat`, e.g.
-//! COCO `train2017`), and Fashion-MNIST's IDX files.
+//! COCO `train2017`, optionally restricted to the images a COCO annotation file lists), and
+//! Fashion-MNIST's IDX files.
 
+mod coco;
 mod flat;
 mod idx;
 mod imagefolder;
@@ -69,19 +71,26 @@ impl Dataset {
         Self::open_split(format, path, Split::Train)
     }
 
+    /// Opens a `flat` data set holding exactly the images a COCO-style annotation file lists
+    /// (`images[].file_name`, relative to `path`), in the file's order.
+    pub fn open_annotated(path: &Path, annotations: &Path) -> Result<Self> {
+        require_dir(path)?;
+        let storage = Storage::Files {
+            files: coco::scan(path, annotations)?,
+            labels: None,
+            classes: Vec::new(),
+        };
+        tracing::info!(path = %path.display(), annotations = %annotations.display(), samples = storage_len(&storage), "data set opened");
+        Ok(Self {
+            root: path.into(),
+            storage,
+        })
+    }
+
     /// Opens one split. Folder formats have no splits: point them at the split's directory
     /// (`split` is ignored).
     pub fn open_split(format: DatasetFormat, path: &Path, split: Split) -> Result<Self> {
-        let meta = std::fs::metadata(path).map_err(|source| DataError::Unreadable {
-            path: path.into(),
-            source,
-        })?;
-        if !meta.is_dir() {
-            return Err(DataError::Unreadable {
-                path: path.into(),
-                source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
-            });
-        }
+        require_dir(path)?;
         let storage = match format {
             DatasetFormat::Imagefolder => {
                 let (files, labels, classes) = imagefolder::scan(path)?;
@@ -188,6 +197,21 @@ impl Dataset {
                 pixels,
             } => Ok(RgbImage::from_gray(width, height, pixels)),
         }
+    }
+}
+
+fn require_dir(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|source| DataError::Unreadable {
+        path: path.into(),
+        source,
+    })?;
+    if meta.is_dir() {
+        Ok(())
+    } else {
+        Err(DataError::Unreadable {
+            path: path.into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        })
     }
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use kontrast_data::{Dataset, EvalTransform, Loader, LoaderConfig, MultiCropSpec, Sampler};
 use tch::{Device, Kind, Tensor};
 
-use crate::input::normalized;
+use crate::input::Normalizer;
 use crate::model::moco::Encoder;
 use crate::model::resnet::ResNet;
 
@@ -22,6 +22,7 @@ pub fn extract(
 ) -> Result<(Tensor, Tensor), EvalError> {
     let mut features = Vec::new();
     let mut labels = Vec::new();
+    let input = Normalizer::new(device);
     for batch in Loader::eval(dataset, indices, transform, config)? {
         let batch = batch?;
         if batch.indices.is_empty() {
@@ -30,7 +31,7 @@ pub fn extract(
         for (i, l) in batch.indices.iter().zip(&batch.labels) {
             labels.push(i64::from(l.ok_or(EvalError::Unlabelled { index: *i })?));
         }
-        let x = normalized(&batch.views[0], batch.indices.len(), device);
+        let x = input.apply(&batch.views[0], batch.indices.len());
         features.push(tch::no_grad(|| {
             l2_normalize(&backbone.forward_t(&x, false))
         }));
@@ -66,11 +67,12 @@ pub fn paired_views(
 ) -> Result<(Tensor, Tensor), EvalError> {
     let sampler = Sampler::new(dataset.len(), config.seed, 0, 1)?;
     let (mut a, mut b) = (Vec::new(), Vec::new());
+    let input = Normalizer::new(device);
     for batch in Loader::new(dataset, &sampler, spec, config)? {
         let batch = batch?;
         let n = batch.indices.len();
         let embed = |i: usize| {
-            let (h, z) = encoder.forward_t(&normalized(&batch.views[i], n, device), false);
+            let (h, z) = encoder.forward_t(&input.apply(&batch.views[i], n), false);
             l2_normalize(match representation {
                 Representation::Backbone => &h,
                 Representation::Projection => &z,

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use crate::checkpoint::{CheckpointStore, Meta, hash_json};
 use crate::cuda_memory::cuda_memory;
 use crate::dist::{Backend, ProcessGroup, Rendezvous, broadcast_parameters};
-use crate::input::normalized;
+use crate::input::Normalizer;
 use crate::model::{Gang, Moco, MocoSpec, Views};
 use crate::telemetry::{LossKind, Metrics, Progress, Server};
 
@@ -87,6 +87,16 @@ pub struct Outcome {
     pub epoch_losses: Vec<f64>,
 }
 
+/// The pre-training images: an annotation file's list when the config names one (`flat` only,
+/// checked by the API), else the format's own layout.
+fn open_dataset(config: &RunConfig) -> Result<Dataset, kontrast_data::DataError> {
+    let root: &std::path::Path = config.dataset.path.as_ref();
+    match &config.dataset.annotations {
+        Some(annotations) => Dataset::open_annotated(root, annotations.as_ref()),
+        None => Dataset::open(data_format(config.dataset.format), root),
+    }
+}
+
 fn data_format(format: DatasetFormat) -> kontrast_data::DatasetFormat {
     match format {
         DatasetFormat::Imagefolder => kontrast_data::DatasetFormat::Imagefolder,
@@ -132,24 +142,25 @@ pub fn moco_spec(config: &RunConfig) -> MocoSpec {
     }
 }
 
-/// Turns a batch of u8 views into normalised float tensors on `device`, grouped as the model
+/// Turns a batch of u8 views into normalised float tensors on the device, grouped as the model
 /// takes them: the large query crops, the key crop, the small crops (each image-major).
-fn views(batch: &Batch, large: usize, device: Device) -> Views {
+fn views(batch: &Batch, large: usize, input: &Normalizer) -> Views {
     let b = batch.indices.len();
-    let to_tensor = |i: usize| normalized(&batch.views[i], b, device);
-    // Several crops per image become one image-major batch: (b, n, 3, s, s) → (b·n, 3, s, s).
+    let upload = |i: usize| input.upload(&batch.views[i], b);
+    // Several crops per image become one image-major batch: (b, n, 3, s, s) → (b·n, 3, s, s),
+    // stacked as bytes and normalised once.
     let image_major = |indices: Vec<usize>| {
-        let parts: Vec<Tensor> = indices.into_iter().map(to_tensor).collect();
+        let parts: Vec<Tensor> = indices.into_iter().map(upload).collect();
         let n = parts.len() as i64;
         let stacked = Tensor::stack(&parts, 1);
         let size = stacked.size();
-        stacked.view([b as i64 * n, 3, size[3], size[4]])
+        input.normalize(&stacked.view([b as i64 * n, 3, size[3], size[4]]))
     };
     let query_crops: Vec<usize> = std::iter::once(0).chain(2..large).collect();
     let small: Vec<usize> = (large..batch.views.len()).collect();
     Views {
         query: image_major(query_crops),
-        key: to_tensor(1),
+        key: input.apply(&batch.views[1], b),
         small: (!small.is_empty()).then(|| image_major(small)),
     }
 }
@@ -182,13 +193,7 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
     // Before anything heavy: a precision the device cannot run is a configuration error.
     let mut precision = MixedPrecision::new(config.recipe.precision, device)
         .map_err(|e| TrainError::Config(e.to_string()))?;
-    let dataset = Arc::new(
-        Dataset::open(
-            data_format(config.dataset.format),
-            config.dataset.path.as_ref(),
-        )
-        .map_err(TrainError::Dataset)?,
-    );
+    let dataset = Arc::new(open_dataset(config).map_err(TrainError::Dataset)?);
     let sampler = Sampler::new(
         dataset.len(),
         options.seed,
@@ -231,6 +236,7 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
 
     tch::manual_seed(options.seed as i64);
     let moco = Moco::new(moco_spec(config), device);
+    let input = Normalizer::new(device);
     let mut sgd = Sgd::new(
         moco.trainable(),
         SgdConfig {
@@ -362,7 +368,7 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
         let mut last = Instant::now();
         for batch in loader {
             let batch = batch.map_err(TrainError::Data)?;
-            let inputs = views(&batch, large, device);
+            let inputs = views(&batch, large, &input);
             let report = train_step_with_precision(
                 &moco,
                 &mut sgd,
