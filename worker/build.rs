@@ -1,4 +1,5 @@
-//! Compiles the C++ shims (`csrc/c10d_shim.cpp`, `csrc/autocast_shim.cpp`, `csrc/cuda_memory.cpp`)
+//! Compiles the C++ shims (`csrc/c10d_shim.cpp`, `csrc/autocast_shim.cpp`, `csrc/cuda_memory.cpp`,
+//! `csrc/memory_format.cpp`)
 //! against libtorch's headers and embeds libtorch's directory as an rpath so `kontrast` runs without
 //! LD_LIBRARY_PATH.
 //!
@@ -29,6 +30,7 @@ fn main() {
         .file("csrc/c10d_shim.cpp")
         .file("csrc/autocast_shim.cpp")
         .file("csrc/cuda_memory.cpp")
+        .file("csrc/memory_format.cpp")
         // The stand-in gloo headers first (see csrc/gloo/README.md).
         .include("csrc")
         .include(&include)

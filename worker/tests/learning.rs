@@ -13,6 +13,7 @@ use kontrast_worker::checkpoint::CheckpointStore;
 use kontrast_worker::eval::features::{Representation, paired_views};
 use kontrast_worker::eval::retrieval::positive_pair_top1;
 use kontrast_worker::model::Moco;
+use kontrast_worker::model::memory_format::Layout;
 use kontrast_worker::train::config::{Overrides, standalone};
 use kontrast_worker::train::sgd::{Sgd, SgdConfig};
 use kontrast_worker::train::state;
@@ -127,6 +128,7 @@ fn a_short_run_on_fashion_mnist_lowers_the_loss_and_learns_to_find_positive_pair
             log_every: 8,
             metrics_port: Some(0),
             collective_timeout: Duration::from_secs(60),
+            layout: Layout::Auto,
         },
     )
     .expect("training runs");

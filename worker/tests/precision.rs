@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use kontrast_api::config::{Arch, Precision};
 use kontrast_worker::model::autocast::autocast_state;
+use kontrast_worker::model::memory_format::Layout;
 use kontrast_worker::model::params::Role;
 use kontrast_worker::model::{Moco, MocoSpec, Views};
 use kontrast_worker::train::TrainError;
@@ -443,6 +444,7 @@ fn fp16_on_the_cpu_is_a_permanent_configuration_error_naming_precision() {
         log_every: 1,
         metrics_port: None,
         collective_timeout: Duration::from_secs(5),
+        layout: Layout::Auto,
     };
     let err = trainer::run(&config, &options).expect_err("fp16 on the CPU is refused");
     assert!(matches!(err, TrainError::Config(_)), "{err:?}");
@@ -490,6 +492,7 @@ fn a_bf16_run_trains_and_stays_close_to_the_fp32_run() {
                 log_every: 1,
                 metrics_port: Some(0),
                 collective_timeout: Duration::from_secs(30),
+                layout: Layout::Auto,
             },
         )
         .expect("training runs");

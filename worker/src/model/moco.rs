@@ -187,6 +187,12 @@ impl Moco {
         });
     }
 
+    /// Lays every convolution weight of both encoders out channels_last (see
+    /// [`memory_format`](super::memory_format)); returns how many were converted.
+    pub fn set_channels_last(&self) -> Result<usize, super::memory_format::MemoryFormatError> {
+        super::memory_format::convolutions_channels_last(&self.params)
+    }
+
     /// The next queue column to write.
     pub fn queue_ptr(&self) -> i64 {
         self.queue_ptr.int64_value(&[0])

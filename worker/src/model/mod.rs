@@ -1,9 +1,10 @@
 //! The networks: torchvision-compatible ResNets, the projection head, the MoCo pair and its loss,
-//! and the autocast regions mixed precision runs them in.
+//! the autocast regions mixed precision runs them in, and the channels-last layout.
 pub mod autocast;
 pub mod batch_norm;
 pub mod head;
 pub mod loss;
+pub mod memory_format;
 pub mod moco;
 pub mod params;
 pub mod resnet;

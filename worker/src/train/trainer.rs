@@ -14,6 +14,7 @@ use crate::checkpoint::{CheckpointStore, Meta, hash_json};
 use crate::cuda_memory::cuda_memory;
 use crate::dist::{Backend, ProcessGroup, Rendezvous, broadcast_parameters};
 use crate::input::Normalizer;
+use crate::model::memory_format::Layout;
 use crate::model::{Gang, Moco, MocoSpec, Views};
 use crate::telemetry::{LossKind, Metrics, Progress, Server};
 
@@ -76,6 +77,8 @@ pub struct Options {
     pub metrics_port: Option<u16>,
     /// Timeout of the rendezvous and of each collective.
     pub collective_timeout: Duration,
+    /// Layout of the convolution weights.
+    pub layout: Layout,
 }
 
 /// What a finished run reports.
@@ -236,6 +239,12 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
 
     tch::manual_seed(options.seed as i64);
     let moco = Moco::new(moco_spec(config), device);
+    if options.layout.channels_last(device) {
+        let converted = moco
+            .set_channels_last()
+            .map_err(|e| TrainError::Environment(format!("channels_last layout: {e}")))?;
+        debug!(converted, "convolution weights laid out channels_last");
+    }
     let input = Normalizer::new(device);
     let mut sgd = Sgd::new(
         moco.trainable(),
