@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 /// are uploaded once, because on CUDA every small blocking copy is a synchronisation point.
 pub struct Normalizer {
     device: Device,
+    kind: Kind,
     mean: Tensor,
     std: Tensor,
 }
@@ -21,9 +22,19 @@ impl Normalizer {
         };
         Self {
             device,
+            kind: Kind::Float,
             mean: constant(&kontrast_data::MEAN),
             std: constant(&kontrast_data::STD),
         }
+    }
+
+    /// Hands the network `kind` (bf16 or f16 under mixed precision): normalised in f32, then
+    /// rounded once — what autocast does at the first convolution anyway, so the numbers are
+    /// the same, while the views held for the step and gathered for shuffle BN take half the
+    /// bytes.
+    pub fn with_kind(mut self, kind: Kind) -> Self {
+        self.kind = kind;
+        self
     }
 
     /// `view` (b×3×s×s bytes) as a u8 tensor on the device. On CUDA the bytes go through
@@ -44,7 +55,12 @@ impl Normalizer {
 
     /// Uploaded bytes (…×3×s×s u8) → float, scaled to [0, 1] and normalised.
     pub fn normalize(&self, bytes: &Tensor) -> Tensor {
-        (bytes.to_kind(Kind::Float) / 255.0 - &self.mean) / &self.std
+        let x = (bytes.to_kind(Kind::Float) / 255.0 - &self.mean) / &self.std;
+        if self.kind == Kind::Float {
+            x
+        } else {
+            x.to_kind(self.kind)
+        }
     }
 
     /// [`upload`](Self::upload) then [`normalize`](Self::normalize).
@@ -69,5 +85,10 @@ mod tests {
             let got = x.view([-1]).double_value(&[i as i64]) as f32;
             assert!((got - want).abs() < 1e-6, "{i}: {got} vs {want}");
         }
+        let half = Normalizer::new(Device::Cpu)
+            .with_kind(Kind::BFloat16)
+            .apply(&view, 2);
+        assert_eq!(half.kind(), Kind::BFloat16);
+        assert!(half.equal(&x.to_kind(Kind::BFloat16)));
     }
 }

@@ -245,7 +245,10 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
             .map_err(|e| TrainError::Environment(format!("channels_last layout: {e}")))?;
         debug!(converted, "convolution weights laid out channels_last");
     }
-    let input = Normalizer::new(device);
+    let input = match precision.autocast_kind() {
+        Some(kind) => Normalizer::new(device).with_kind(kind),
+        None => Normalizer::new(device),
+    };
     let mut sgd = Sgd::new(
         moco.trainable(),
         SgdConfig {
