@@ -237,25 +237,10 @@ fn three_mocov2_steps_on_resnet50_match_pytorch_in_fp64() {
     });
 }
 
-fn resnet18_revisiting() -> MocoSpec {
-    MocoSpec {
-        arch: Arch::Resnet18,
-        cifar_stem: true,
-        width: 64,
-        dim: 16,
-        queue_size: 32,
-        mlp: true,
-        momentum: 0.9,
-        temperature: 0.2,
-        knn: Some((5, 0.4)),
-        shuffle_keys: true,
-    }
-}
-
 #[test]
 fn a_revisiting_step_with_the_knn_loss_on_resnet18_matches_pytorch_in_fp32() {
     run(Case {
-        spec: resnet18_revisiting(),
+        spec: reference::resnet18_revisiting(),
         batch: 4,
         large: 16,
         small: Some((8, 3)),
@@ -268,7 +253,7 @@ fn a_revisiting_step_with_the_knn_loss_on_resnet18_matches_pytorch_in_fp32() {
 #[test]
 fn three_revisiting_steps_with_the_knn_loss_on_resnet18_match_pytorch_in_fp64() {
     run(Case {
-        spec: resnet18_revisiting(),
+        spec: reference::resnet18_revisiting(),
         batch: 4,
         large: 16,
         small: Some((8, 3)),

@@ -91,18 +91,7 @@ fn resnet18_mocov2() -> Case {
 
 fn resnet18_revisiting() -> Case {
     Case {
-        spec: MocoSpec {
-            arch: Arch::Resnet18,
-            cifar_stem: true,
-            width: 64,
-            dim: 16,
-            queue_size: 32,
-            mlp: true,
-            momentum: 0.9,
-            temperature: 0.2,
-            knn: Some((5, 0.4)),
-            shuffle_keys: true,
-        },
+        spec: reference::resnet18_revisiting(),
         batch: 4,
         large: 16,
         small: Some((8, 3)),

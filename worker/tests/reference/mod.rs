@@ -30,6 +30,23 @@ fn arch_name(arch: Arch) -> &'static str {
     }
 }
 
+/// The Revisiting model the parity and precision tests compare: ResNet-18 with the CIFAR stem,
+/// a 16-d head, a 32-key queue and the kNN loss (k 5, weight 0.4).
+pub fn resnet18_revisiting() -> MocoSpec {
+    MocoSpec {
+        arch: Arch::Resnet18,
+        cifar_stem: true,
+        width: 64,
+        dim: 16,
+        queue_size: 32,
+        mlp: true,
+        momentum: 0.9,
+        temperature: 0.2,
+        knn: Some((5, 0.4)),
+        shuffle_keys: true,
+    }
+}
+
 /// The reference's `config.json`: the model of `spec` trained for `steps` SGD steps at `lr` in
 /// `dtype` (`float32` or `float64`).
 pub fn config(spec: &MocoSpec, sgd: SgdConfig, lr: f64, steps: usize, dtype: &str) -> Value {
