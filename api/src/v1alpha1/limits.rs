@@ -87,7 +87,7 @@ pub const DNS_SUBDOMAIN_PATTERN: &str =
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 /// Regular expression of a Kubernetes resource quantity written as a string.
 pub const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
-/// Regular expression of an HTTP(S) URL.
-pub const HTTP_URL_PATTERN: &str = r"^https?://[^\s/?#]+([/?#]\S*)?$";
+/// Regular expression of an `http://` URL.
+pub const HTTP_URL_PATTERN: &str = r"^http://[^\s/?#]+([/?#]\S*)?$";
 /// Regular expression of a label value (empty allowed by Kubernetes, not here).
 pub const LABEL_VALUE_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$";

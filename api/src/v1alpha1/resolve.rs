@@ -420,7 +420,7 @@ impl ContrastiveRunSpec {
         {
             c.fail(
                 "spec.metrics.pushgateway",
-                format!("must be an http:// or https:// URL, e.g. http://pushgateway.monitoring:9091; not {url:?}"),
+                format!("must be an http:// URL (the Pushgateway's in-cluster Service), e.g. http://pushgateway.monitoring:9091; not {url:?}"),
             );
         }
         c.int(

@@ -229,7 +229,8 @@ impl Default for FailurePolicy {
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsSpec {
-    /// Pushgateway URL the evaluation jobs push their results to. Unset: no push.
+    /// Pushgateway URL (`http://`, e.g. its in-cluster Service) the evaluation jobs push their
+    /// results to. Unset: no push.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = MAX_URL_LENGTH), pattern(HTTP_URL_PATTERN))]
     pub pushgateway: Option<String>,

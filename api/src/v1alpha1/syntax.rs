@@ -71,12 +71,9 @@ fn is_decimal(s: &str) -> bool {
     digits(int) && digits(frac) && !(int.is_empty() && frac.is_empty())
 }
 
-/// An `http://` or `https://` URL with a host and no whitespace.
+/// An `http://` URL with a host and no whitespace.
 pub(crate) fn is_http_url(s: &str) -> bool {
-    let Some(rest) = s
-        .strip_prefix("http://")
-        .or_else(|| s.strip_prefix("https://"))
-    else {
+    let Some(rest) = s.strip_prefix("http://") else {
         return false;
     };
     let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
