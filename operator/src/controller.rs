@@ -563,6 +563,15 @@ impl Run<'_> {
                 all_done = false;
                 (EvaluationPhase::Running, None)
             };
+            let phase_name = match phase {
+                EvaluationPhase::Pending => "Pending",
+                EvaluationPhase::Running => "Running",
+                EvaluationPhase::Succeeded => "Succeeded",
+                EvaluationPhase::Failed => "Failed",
+            };
+            self.ctx
+                .metrics
+                .set_eval_phase(&self.ns, &self.name, &spec.name, phase_name);
             let entry = EvaluationStatus {
                 name: spec.name.clone(),
                 phase,

@@ -26,12 +26,26 @@ pub struct Metrics {
     pub run_progress: GaugeVec,
     /// Evaluation results per run, evaluation and metric.
     eval_result: GaugeVec,
-    /// Evaluation label pairs set per run, so they can be removed with the run.
+    /// Evaluations per phase (0/1 per run, evaluation and phase).
+    eval_phase: IntGaugeVec,
+    /// Evaluation label sets per run, so they can be removed with the run.
     eval_labels: Arc<Mutex<EvalLabels>>,
 }
 
-/// (namespace, run) → the (evaluation, metric) pairs set for it.
-type EvalLabels = HashMap<(String, String), BTreeSet<(String, String)>>;
+/// What evaluation series a run has.
+#[derive(Default)]
+struct RunEvalLabels {
+    /// (evaluation, metric) pairs of results.
+    results: BTreeSet<(String, String)>,
+    /// Evaluations with a phase gauge.
+    phases: BTreeSet<String>,
+}
+
+/// (namespace, run) → its evaluation series.
+type EvalLabels = HashMap<(String, String), RunEvalLabels>;
+
+/// The phases an evaluation can be in, for the one-hot evaluation phase gauge.
+pub const EVALUATION_PHASES: [&str; 4] = ["Pending", "Running", "Succeeded", "Failed"];
 
 /// Fields of the progress gauge.
 pub const PROGRESS_FIELDS: [&str; 4] = ["epoch", "step", "loss", "images_per_second"];
@@ -109,7 +123,15 @@ impl Metrics {
         registry.register(Box::new(run_phase.clone()))?;
         registry.register(Box::new(run_restarts.clone()))?;
         registry.register(Box::new(run_progress.clone()))?;
+        let eval_phase = IntGaugeVec::new(
+            Opts::new(
+                "kontrast_run_evaluation_phase",
+                "1 for each evaluation's phase, 0 for the others",
+            ),
+            &["namespace", "run", "evaluation", "phase"],
+        )?;
         registry.register(Box::new(eval_result.clone()))?;
+        registry.register(Box::new(eval_phase.clone()))?;
         Ok(Self {
             registry,
             reconciles,
@@ -119,6 +141,7 @@ impl Metrics {
             run_restarts,
             run_progress,
             eval_result,
+            eval_phase,
             eval_labels: Arc::default(),
         })
     }
@@ -140,7 +163,23 @@ impl Metrics {
         if let Ok(mut m) = self.eval_labels.lock() {
             m.entry((namespace.into(), run.into()))
                 .or_default()
+                .results
                 .insert((evaluation.into(), metric.into()));
+        }
+    }
+
+    /// Sets the one-hot phase gauge of one evaluation of a run.
+    pub fn set_eval_phase(&self, namespace: &str, run: &str, evaluation: &str, phase: &str) {
+        for p in EVALUATION_PHASES {
+            self.eval_phase
+                .with_label_values(&[namespace, run, evaluation, p])
+                .set(i64::from(p == phase));
+        }
+        if let Ok(mut m) = self.eval_labels.lock() {
+            m.entry((namespace.into(), run.into()))
+                .or_default()
+                .phases
+                .insert(evaluation.into());
         }
     }
 
@@ -158,13 +197,23 @@ impl Metrics {
             .lock()
             .ok()
             .and_then(|mut m| m.remove(&(namespace.into(), run.into())));
-        for (e, metric) in evals.into_iter().flatten() {
+        let Some(evals) = evals else {
+            return;
+        };
+        for (e, metric) in &evals.results {
             let _ = self.eval_result.remove_label_values(&[
                 namespace,
                 run,
                 e.as_str(),
                 metric.as_str(),
             ]);
+        }
+        for e in &evals.phases {
+            for p in EVALUATION_PHASES {
+                let _ = self
+                    .eval_phase
+                    .remove_label_values(&[namespace, run, e.as_str(), p]);
+            }
         }
     }
 
@@ -185,7 +234,16 @@ mod tests {
         let m = Metrics::new().unwrap();
         m.set_phase("ns", "r", "Training");
         m.set_eval("ns", "r", "knn", "top1", 61.5);
+        m.set_eval_phase("ns", "r", "knn", "Failed");
         let text = m.render();
+        assert!(
+            text.contains(r#"kontrast_run_evaluation_phase{evaluation="knn",namespace="ns",phase="Failed",run="r"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kontrast_run_evaluation_phase{evaluation="knn",namespace="ns",phase="Running",run="r"} 0"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"kontrast_run_phase{namespace="ns",phase="Training",run="r"} 1"#),
             "{text}"

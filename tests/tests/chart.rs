@@ -1458,6 +1458,17 @@ fn alert_tests(rules_file: &str) -> Value {
             {
                 "interval": "1m",
                 "input_series": [
+                    series(r#"kontrast_run_evaluation_phase{namespace="ml", run="a", evaluation="voc", phase="Failed"}"#, "0 0 1x10"),
+                    series(r#"kontrast_run_evaluation_phase{namespace="ml", run="a", evaluation="knn", phase="Failed"}"#, "0x12"),
+                ],
+                "alert_rule_test": [
+                    alert("KontrastEvaluationFailed", "1m", vec![]),
+                    alert("KontrastEvaluationFailed", "5m", vec![json!({"severity": "warning", "namespace": "ml", "run": "a", "evaluation": "voc"})]),
+                ],
+            },
+            {
+                "interval": "1m",
+                "input_series": [
                     series(r#"kontrast_operator_reconcile_errors_total{namespace="kontrast-system", reason="kube"}"#, "0+1x40"),
                 ],
                 "alert_rule_test": [
@@ -1484,6 +1495,7 @@ fn the_alert_rules_pass_promtool_and_fire_when_they_should() {
     assert_eq!(
         names,
         [
+            "KontrastEvaluationFailed",
             "KontrastOperatorReconcileErrors",
             "KontrastRunFailed",
             "KontrastRunRestartsClimbing",
@@ -1496,7 +1508,7 @@ fn the_alert_rules_pass_promtool_and_fire_when_they_should() {
     let rules = dir.join("rules.json");
     std::fs::write(&rules, spec.to_string()).expect("writing the rules");
     let out = run_ok(Command::new(&promtool).args(["check", "rules"]).arg(&rules));
-    assert!(out.contains("SUCCESS: 5 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
     // Unit tests compare labels and annotations; annotations are prose, so they are dropped from
     // the copy the unit tests load.
     let mut bare = spec.clone();
