@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod cuda_memory;
 pub mod dist;
 pub mod eval;
+pub mod import;
 pub mod info;
 pub mod input;
 pub mod launch;

@@ -24,6 +24,8 @@ enum Command {
     Train(kontrast_worker::train::cli::Args),
     /// Run one evaluation of the run on its newest checkpoint (the evaluation Jobs' command).
     Eval(kontrast_worker::eval::cli::Args),
+    /// Convert a PyTorch MoCo checkpoint (`torch.save`) into a checkpoint of a run config.
+    Import(kontrast_worker::import::cli::Args),
     /// Start and supervise this node's ranks (`kontrast train` by default); the pod's command.
     Launch(kontrast_worker::launch::Args),
     /// Join the gang (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and check its collectives and
@@ -46,6 +48,7 @@ fn main() -> Result<ExitCode> {
         }
         Command::Train(args) => return Ok(kontrast_worker::train::cli::run(args)),
         Command::Eval(args) => return Ok(kontrast_worker::eval::cli::run(args)),
+        Command::Import(args) => kontrast_worker::import::cli::run(args)?,
         Command::Launch(args) => return Ok(kontrast_worker::launch::run(args)?),
         Command::Collectives(args) => return Ok(kontrast_worker::dist::check::run(args)?),
     }

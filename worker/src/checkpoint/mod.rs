@@ -25,6 +25,9 @@
 //! same directory) and must never be resumed from.
 //!
 //! Only one process (rank 0) writes a directory; every rank may read it.
+pub mod pickle;
+pub mod torch_save;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{Read, Write};

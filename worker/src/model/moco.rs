@@ -198,7 +198,16 @@ impl Moco {
         self.queue_ptr.int64_value(&[0])
     }
 
-    fn copy_query_to_key(&self) {
+    /// Puts the queue pointer back to the first slot (the queue's contents stay).
+    pub fn reset_queue_ptr(&self) {
+        tch::no_grad(|| {
+            let _ = self.queue_ptr.shallow_clone().fill_(0);
+        });
+    }
+
+    /// Makes the key encoder an exact copy of the query encoder, parameters and buffers: how
+    /// MoCo starts.
+    pub fn copy_query_to_key(&self) {
         tch::no_grad(|| {
             for e in self.params.entries() {
                 if let Some(k) = e
@@ -373,6 +382,13 @@ impl Moco {
             return Err(ModelError::QueueNotDivisible { queue: k, batch });
         }
         let ptr = self.queue_ptr();
+        if !(0..k).contains(&ptr) || ptr % batch != 0 {
+            return Err(ModelError::QueuePointer {
+                ptr,
+                queue: k,
+                batch,
+            });
+        }
         tch::no_grad(|| {
             self.queue.narrow(1, ptr, batch).copy_(&keys.tr());
             if let (Some(q), Some(f)) = (&self.queue_features, key_features) {

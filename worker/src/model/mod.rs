@@ -43,4 +43,17 @@ pub enum ModelError {
         /// Keys per step across the gang.
         batch: i64,
     },
+    /// The queue pointer (from a checkpoint) is not a slot a batch of this size can start at.
+    #[error(
+        "the queue pointer {ptr} is not a multiple of the global batch {batch} inside the queue \
+         of {queue}"
+    )]
+    QueuePointer {
+        /// The pointer.
+        ptr: i64,
+        /// Queue length K.
+        queue: i64,
+        /// Keys per step across the gang.
+        batch: i64,
+    },
 }

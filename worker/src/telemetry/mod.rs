@@ -5,11 +5,13 @@
 //!   `GET /progress` (a [`Report`](kontrast_api::progress::Report) from a shared [`Progress`]) and
 //!   `GET /healthz`. Blocking std I/O on one thread is enough for a scraper and the operator polling
 //!   every few seconds, and keeps an async runtime out of the training process.
+//! - [`pushgateway`]: an evaluation's result pushed to a Prometheus Pushgateway.
 //! - [`TerminationLog`]: the container termination message, where rank 0 leaves its final report
 //!   and `kontrast launch` explains a failed rank.
 use std::path::PathBuf;
 
 mod metrics;
+pub mod pushgateway;
 mod server;
 mod termination;
 

@@ -2,7 +2,9 @@
 //! buffers under their `state_dict`-style names — and how it is put back.
 use tch::Tensor;
 
-use crate::checkpoint::Loaded;
+use kontrast_api::config::RunConfig;
+
+use crate::checkpoint::{CheckpointError, Loaded, hash_json};
 use crate::model::Moco;
 
 use super::error::TrainError;
@@ -10,6 +12,12 @@ use super::sgd::Sgd;
 
 /// Prefix of the optimiser's momentum buffers, followed by the parameter's name.
 const MOMENTUM_PREFIX: &str = "optimizer.momentum_buffer.";
+
+/// The hash a checkpoint records of the run config: of the recipe and the data set only, so a
+/// run resumed with other resources, ports or evaluations still matches.
+pub fn config_hash(config: &RunConfig) -> Result<String, CheckpointError> {
+    hash_json(&(&config.recipe, &config.dataset))
+}
 
 /// Every tensor to save, named.
 pub fn tensors(moco: &Moco, sgd: &Sgd) -> Vec<(String, Tensor)> {

@@ -10,7 +10,7 @@ use kontrast_data::{Batch, Dataset, Loader, LoaderConfig, LoaderStats, MultiCrop
 use tch::{Cuda, Device, Tensor};
 use tracing::{debug, info, warn};
 
-use crate::checkpoint::{CheckpointStore, Meta, hash_json};
+use crate::checkpoint::{CheckpointStore, Meta};
 use crate::cuda_memory::cuda_memory;
 use crate::dist::{Backend, ProcessGroup, Rendezvous, broadcast_parameters};
 use crate::input::Normalizer;
@@ -256,7 +256,7 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
             weight_decay: config.recipe.optimizer.weight_decay,
         },
     );
-    let config_hash = hash_json(&(&config.recipe, &config.dataset))?;
+    let config_hash = state::config_hash(config)?;
     let store = options
         .checkpoint_dir
         .as_ref()

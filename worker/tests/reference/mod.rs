@@ -97,3 +97,28 @@ pub fn relative_error(ours: &Tensor, reference: &Tensor) -> f64 {
     let scale = reference.abs().max().double_value(&[]).max(1e-30);
     (ours - reference).abs().max().double_value(&[]) / scale
 }
+
+/// Writes a PyTorch MoCo checkpoint of `spec` the way the reference training code saves one
+/// (`tests/reference/moco_checkpoint.py`) to `dir/out`, and the state dict it holds, unprefixed,
+/// to `dir/expected.safetensors`; `extra` are the script's other flags (`--bare`, `--epoch N`).
+pub fn write_checkpoint(dir: &Path, spec: &MocoSpec, out: &str, extra: &[&str]) -> PathBuf {
+    let sgd = SgdConfig {
+        momentum: 0.9,
+        weight_decay: 1e-4,
+    };
+    std::fs::write(
+        dir.join("checkpoint-config.json"),
+        config(spec, sgd, 0.03, 1, "float32").to_string(),
+    )
+    .expect("write the checkpoint script's config");
+    let status = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/moco_checkpoint.py"))
+        .args(["--config", "checkpoint-config.json", "--out", out])
+        .args(["--expected", "expected.safetensors"])
+        .args(extra)
+        .current_dir(dir)
+        .status()
+        .expect("run the checkpoint script (`make setup` installs the venv)");
+    assert!(status.success(), "the checkpoint script failed: {status}");
+    dir.join(out)
+}
