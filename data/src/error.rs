@@ -43,6 +43,48 @@ pub enum DataError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A PASCAL VOC class list is missing or malformed, or names an image that is not there.
+    #[error("PASCAL VOC file {path}: {reason}")]
+    Voc {
+        /// The list or image file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A DAVIS-2017 sequence list is missing or malformed, or a sequence lacks its frames or
+    /// annotations.
+    #[error("DAVIS file {path}: {reason}")]
+    Davis {
+        /// The list, folder or file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A PASCAL VOC segmentation list is missing or malformed, or names an image or mask that
+    /// is not there.
+    #[error("PASCAL VOC segmentation file {path}: {reason}")]
+    VocSegmentation {
+        /// The list, image or mask file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A Cityscapes split folder is missing or empty, or an image lacks its `gtFine` labels.
+    #[error("Cityscapes file {path}: {reason}")]
+    Cityscapes {
+        /// The folder or file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A label mask decodes but holds a value that is no class of its data set.
+    #[error("label mask {path}: {reason}")]
+    Label {
+        /// The mask file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// One image could not be read or decoded.
     #[error("image {index} ({path}) could not be decoded: {reason}")]
     Decode {

@@ -41,6 +41,7 @@ pub mod sampler;
 pub mod segment;
 
 pub use crop::{CropBox, CropFamily, MultiCropSpec};
+pub use dataset::voc::{VOC_CLASSES, VocLabels, VocSplit};
 pub use dataset::{Dataset, DatasetFormat, Split};
 pub use error::DataError;
 pub use image::RgbImage;

@@ -1,11 +1,17 @@
 //! Data sets: a class-per-folder tree (`imagefolder`), a flat directory of images (`flat`, e.g.
-//! COCO `train2017`, optionally restricted to the images a COCO annotation file lists), and
-//! Fashion-MNIST's IDX files.
+//! COCO `train2017`, optionally restricted to the images a COCO annotation file lists),
+//! Fashion-MNIST's IDX files, PASCAL VOC's classification lists ([`voc`]) and DAVIS-2017
+//! video sequences ([`davis`]); for semantic segmentation, VOC's segmentation lists
+//! ([`voc_segmentation`]) and Cityscapes' fine annotations ([`cityscapes`]).
 
+pub mod cityscapes;
 mod coco;
+pub mod davis;
 mod flat;
 mod idx;
 mod imagefolder;
+pub mod voc;
+pub mod voc_segmentation;
 
 use std::path::{Path, PathBuf};
 
@@ -83,6 +89,27 @@ impl Dataset {
         tracing::info!(path = %path.display(), annotations = %annotations.display(), samples = storage_len(&storage), "data set opened");
         Ok(Self {
             root: path.into(),
+            storage,
+        })
+    }
+
+    /// An unlabelled data set of exactly `files`, in order (e.g. the images a list file names);
+    /// `root` is only reported. Whether the files exist is checked when they are read.
+    pub fn from_files(root: &Path, files: Vec<PathBuf>) -> Result<Self> {
+        if files.is_empty() {
+            return Err(DataError::Empty {
+                path: root.into(),
+                expected: "a non-empty list of image files",
+            });
+        }
+        let storage = Storage::Files {
+            files,
+            labels: None,
+            classes: Vec::new(),
+        };
+        tracing::info!(path = %root.display(), samples = storage_len(&storage), "data set opened from a file list");
+        Ok(Self {
+            root: root.into(),
             storage,
         })
     }

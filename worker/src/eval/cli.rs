@@ -1,25 +1,35 @@
 //! `kontrast eval --evaluation NAME`: one evaluation of a finished run, on the newest checkpoint,
-//! reported as one JSON object in the termination log (`{evaluation, kind, metrics}`), which the
-//! operator copies into the run's status.
+//! reported as one JSON object (`{evaluation, kind, metrics, dataset, checkpoint, checkpointEpoch,
+//! seconds}`) on stdout and in the termination log, which the operator copies into the run's
+//! status; pushed to a Pushgateway too when one is configured.
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kontrast_api::config::{EvaluationConfig, EvaluationDatasetFormat, EvaluationTask, RunConfig};
-use kontrast_data::{Dataset, DatasetFormat, EvalTransform, LoaderConfig, Split};
+use kontrast_data::{Dataset, DatasetFormat, EvalTransform, LoaderConfig, Split, VocSplit};
 use serde_json::json;
 use tch::{Cuda, Device};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::checkpoint::CheckpointStore;
 use crate::model::Moco;
-use crate::telemetry::TerminationLog;
+use crate::telemetry::pushgateway::{Pushgateway, evaluation_exposition};
+use crate::telemetry::{MAX_MESSAGE_BYTES, TerminationLog};
 use crate::train::error::{PERMANENT_EXIT_CODE, RETRYABLE_EXIT_CODE};
 use crate::train::sgd::{Sgd, SgdConfig};
 use crate::train::{config, state, trainer};
 
 use super::features::extract;
 use super::knn::weighted_knn_top1;
+use super::linear_svm::{self, SvmData};
+
+/// The Pushgateway job every evaluation result is pushed under.
+const PUSH_JOB: &str = "kontrast-eval";
+
+/// How long a push may take before it is given up.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Arguments of `kontrast eval`.
 #[derive(Debug, clap::Args)]
@@ -36,6 +46,22 @@ pub struct Args {
     /// Data-loading threads.
     #[arg(long, env = "KONTRAST_DATA_THREADS", default_value_t = 1)]
     pub data_threads: usize,
+    /// Pushgateway (`http://host:port`) to push the result to; default: the run config's
+    /// `metrics.pushgateway`.
+    #[arg(long, env = "KONTRAST_PUSHGATEWAY")]
+    pub pushgateway: Option<String>,
+    /// The run's name: a grouping label of the pushed result.
+    #[arg(long = "run", env = "KONTRAST_RUN", default_value = "")]
+    pub run_name: String,
+    /// The run's namespace: a grouping label of the pushed result.
+    #[arg(long, env = "KONTRAST_NAMESPACE", default_value = "")]
+    pub namespace: String,
+}
+
+/// A finished evaluation: its result document and where to push it.
+struct Outcome {
+    result: serde_json::Value,
+    pushgateway: Option<String>,
 }
 
 /// Why an evaluation could not run.
@@ -81,7 +107,7 @@ fn splits(evaluation: &EvaluationConfig) -> Result<(Dataset, Dataset), Failure> 
             Dataset::open(DatasetFormat::Imagefolder, &root.join("val")).map_err(permanent)?,
         )),
         other => Err(Failure::Permanent(format!(
-            "kNN evaluation reads fashionMnist or imagefolder data sets, not {other:?}"
+            "this evaluation reads fashionMnist or imagefolder data sets, not {other:?}"
         ))),
     }
 }
@@ -148,7 +174,52 @@ fn knn(
     Ok(json!({ "top1": top1 * 100.0 }))
 }
 
-fn evaluate(args: &Args) -> Result<serde_json::Value, Failure> {
+fn linear_svm(
+    run: &RunConfig,
+    evaluation: &EvaluationConfig,
+    moco: &Moco,
+    args: &Args,
+    device: Device,
+    cost: f64,
+) -> Result<serde_json::Value, Failure> {
+    let data = match evaluation.dataset.format {
+        EvaluationDatasetFormat::Voc => {
+            let root = Path::new(&evaluation.dataset.path);
+            SvmData::Voc {
+                trainval: VocSplit::open(root, "trainval").map_err(permanent)?,
+                test: VocSplit::open(root, "test").map_err(permanent)?,
+            }
+        }
+        _ => {
+            let (train, test) = splits(evaluation)?;
+            SvmData::Classes { train, test }
+        }
+    };
+    let loader = LoaderConfig {
+        batch_per_rank: 256,
+        threads: args.data_threads,
+        ..LoaderConfig::default()
+    };
+    let result = linear_svm::evaluate(
+        data,
+        &moco.encoder_q().backbone,
+        transform(run, evaluation.dataset.format),
+        loader,
+        device,
+        cost,
+    )
+    .map_err(permanent)?;
+    info!(map = result.map, cost, "linear SVM evaluation");
+    let ap: serde_json::Map<String, serde_json::Value> = result
+        .ap
+        .into_iter()
+        .map(|(c, ap)| (c, json!(ap)))
+        .collect();
+    Ok(json!({ "mAP": result.map, "ap": ap }))
+}
+
+fn evaluate(args: &Args) -> Result<Outcome, Failure> {
+    let started = Instant::now();
     let run = config::load(&args.config).map_err(permanent)?;
     let evaluation = run
         .evaluation(&args.evaluation)
@@ -187,6 +258,25 @@ fn evaluate(args: &Args) -> Result<serde_json::Value, Failure> {
         EvaluationTask::Knn { k, temperature } => {
             knn(&run, &evaluation, &moco, args, device, k, temperature)?
         }
+        EvaluationTask::LinearSvm { cost } => {
+            linear_svm(&run, &evaluation, &moco, args, device, cost)?
+        }
+        EvaluationTask::Davis { k, temperature } => super::davis::run(
+            &evaluation,
+            &moco.encoder_q().backbone,
+            device,
+            k,
+            temperature,
+        )
+        .map_err(permanent)?,
+        EvaluationTask::Retrieval => super::segment_retrieval::run(
+            &evaluation,
+            run.recipe.crops.large.size as usize,
+            &moco.encoder_q().backbone,
+            args.data_threads,
+            device,
+        )
+        .map_err(permanent)?,
         other => {
             return Err(Failure::Permanent(format!(
                 "evaluation kind {:?} is not available in this worker build yet",
@@ -194,12 +284,79 @@ fn evaluate(args: &Args) -> Result<serde_json::Value, Failure> {
             )));
         }
     };
-    Ok(json!({
-        "evaluation": evaluation.name,
-        "kind": evaluation.task.kind(),
-        "metrics": metrics,
-        "checkpointEpoch": loaded.manifest.epoch,
-    }))
+    Ok(Outcome {
+        result: json!({
+            "evaluation": evaluation.name,
+            "kind": evaluation.task.kind(),
+            "metrics": metrics,
+            "dataset": evaluation.dataset,
+            "checkpoint": loaded.path.display().to_string(),
+            "checkpointEpoch": loaded.manifest.epoch,
+            "seconds": started.elapsed().as_secs_f64(),
+        }),
+        pushgateway: args
+            .pushgateway
+            .clone()
+            .or_else(|| run.metrics.pushgateway.clone()),
+    })
+}
+
+/// The numeric metrics of a result, nested breakdowns flattened with dots (`ap.cat`).
+fn numeric_metrics(metrics: &serde_json::Value) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    let Some(top) = metrics.as_object() else {
+        return out;
+    };
+    for (name, value) in top {
+        match value {
+            serde_json::Value::Object(inner) => out.extend(
+                inner
+                    .iter()
+                    .filter_map(|(k, v)| v.as_f64().map(|f| (format!("{name}.{k}"), f))),
+            ),
+            other => out.extend(other.as_f64().map(|f| (name.clone(), f))),
+        }
+    }
+    out
+}
+
+/// The result as the termination message carries it: whole when it fits the kubelet's limit,
+/// else without the per-class/per-sequence breakdowns (the operator reads only the top-level
+/// numbers; stdout keeps everything).
+fn termination_text(result: &serde_json::Value) -> String {
+    let text = result.to_string();
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return text;
+    }
+    let mut compact = result.clone();
+    if let Some(metrics) = compact.get_mut("metrics").and_then(|m| m.as_object_mut()) {
+        metrics.retain(|_, v| v.is_number());
+    }
+    compact.to_string()
+}
+
+/// Pushes the result's numbers to the Pushgateway, grouped by namespace, run and evaluation.
+/// A failed push is logged, not fatal: the result is in the termination message and the run's
+/// status either way.
+fn push(args: &Args, gateway: &str, result: &serde_json::Value) {
+    let metrics = numeric_metrics(&result["metrics"]);
+    let seconds = result["seconds"].as_f64().unwrap_or_default();
+    let body = evaluation_exposition(metrics.iter().map(|(k, v)| (k.as_str(), *v)), seconds);
+    let grouping = [
+        ("namespace", args.namespace.as_str()),
+        ("run", args.run_name.as_str()),
+        ("evaluation", args.evaluation.as_str()),
+    ];
+    let pushed =
+        Pushgateway::parse(gateway).and_then(|g| g.push(PUSH_JOB, &grouping, &body, PUSH_TIMEOUT));
+    match pushed {
+        Ok(()) => info!(
+            pushgateway = gateway,
+            metrics = metrics.len(),
+            "result pushed"
+        ),
+        Err(e) => warn!(error = %e, "the result could not be pushed"),
+    }
 }
 
 /// Runs `kontrast eval`: the result JSON on stdout and in the termination log; a failure's
@@ -207,11 +364,16 @@ fn evaluate(args: &Args) -> Result<serde_json::Value, Failure> {
 pub fn run(args: Args) -> ExitCode {
     let log = TerminationLog::from_env();
     match evaluate(&args) {
-        Ok(result) => {
-            let text = result.to_string();
-            println!("{text}");
+        Ok(Outcome {
+            result,
+            pushgateway,
+        }) => {
+            println!("{result}");
             // Best effort: stdout carries the result too.
-            let _ = log.write(&text);
+            let _ = log.write(&termination_text(&result));
+            if let Some(gateway) = pushgateway {
+                push(&args, &gateway, &result);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -222,5 +384,43 @@ pub fn run(args: Args) -> ExitCode {
                 Failure::Retryable(_) => RETRYABLE_EXIT_CODE,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_result_keeps_its_top_level_numbers_in_the_termination_message() {
+        let per_sequence: serde_json::Map<String, serde_json::Value> = (0..400)
+            .map(|i| {
+                (
+                    format!("sequence-{i:03}"),
+                    json!(50.0 + f64::from(i) / 10.0),
+                )
+            })
+            .collect();
+        let result = json!({
+            "evaluation": "davis",
+            "kind": "davis",
+            "metrics": {"J&F": 61.5, "J": 60.0, "F": 63.0, "sequences": per_sequence},
+        });
+        assert!(result.to_string().len() > MAX_MESSAGE_BYTES);
+        let text = termination_text(&result);
+        assert!(text.len() <= MAX_MESSAGE_BYTES, "{}", text.len());
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect("still JSON");
+        assert_eq!(
+            parsed["metrics"],
+            json!({"J&F": 61.5, "J": 60.0, "F": 63.0})
+        );
+        assert_eq!(parsed["evaluation"], "davis");
+
+        let small = json!({"metrics": {"top1": 90.0, "ap": {"cat": 1.0}}});
+        assert_eq!(termination_text(&small), small.to_string());
+        assert_eq!(
+            numeric_metrics(&small["metrics"]),
+            vec![("ap.cat".to_string(), 1.0), ("top1".to_string(), 90.0)]
+        );
     }
 }

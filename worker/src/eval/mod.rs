@@ -1,9 +1,16 @@
-//! Evaluation on frozen features: feature extraction, weighted kNN classification and
-//! positive-pair retrieval.
+//! Evaluation on frozen features: feature extraction, weighted kNN classification,
+//! positive-pair retrieval and the VOC07 linear-SVM protocol.
+pub mod average_precision;
 pub mod cli;
+pub mod davis;
+pub mod davis_metrics;
 pub mod features;
 pub mod knn;
+pub mod linear_svm;
+pub mod miou;
 pub mod retrieval;
+pub mod segment_retrieval;
+pub mod svm;
 
 /// Why an evaluation failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,4 +27,34 @@ pub enum EvalError {
     /// There is nothing to evaluate.
     #[error("no images to evaluate")]
     Empty,
+    /// Images that could not be decoded were left out, which would change the result.
+    #[error(
+        "{missing} of the {total} images could not be decoded (first: {first}); this evaluation needs every image"
+    )]
+    Undecodable {
+        /// How many.
+        missing: usize,
+        /// Images in the split.
+        total: usize,
+        /// The first of them.
+        first: String,
+    },
+    /// A class's SVM could not be trained.
+    #[error("class {class}: {source}")]
+    Svm {
+        /// The class.
+        class: String,
+        /// Why.
+        #[source]
+        source: svm::SvmError,
+    },
+    /// A class has no positive test image, so its average precision is undefined.
+    #[error("class {class} has no positive test image: its average precision is undefined")]
+    NoPositives {
+        /// The class.
+        class: String,
+    },
+    /// Inconsistent shapes or a failed tensor conversion (a bug).
+    #[error("internal evaluation error: {0}")]
+    Internal(String),
 }

@@ -32,10 +32,15 @@ impl Conv2d {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
+        self.forward_with_stride(x, self.stride)
+    }
+
+    /// The convolution at `stride` instead of its own (for a layer run at stride 1).
+    fn forward_with_stride(&self, x: &Tensor, stride: i64) -> Tensor {
         x.conv2d(
             &self.weight,
             None::<Tensor>,
-            [self.stride, self.stride],
+            [stride, stride],
             [self.padding, self.padding],
             [self.dilation, self.dilation],
             1,
@@ -102,16 +107,22 @@ impl Block {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_strided_t(x, train, None)
+    }
+
+    /// The block with every convolution at `stride` when given, else at its own.
+    fn forward_strided_t(&self, x: &Tensor, train: bool, stride: Option<i64>) -> Tensor {
+        let conv = |c: &Conv2d, x: &Tensor| c.forward_with_stride(x, stride.unwrap_or(c.stride));
         let last = self.convs.len() - 1;
         let mut y = x.shallow_clone();
-        for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
-            y = bn.forward_t(&conv.forward(&y), train);
+        for (i, (c, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
+            y = bn.forward_t(&conv(c, &y), train);
             if i != last {
                 y = y.relu();
             }
         }
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward_t(&d.conv.forward(x), train),
+            Some(d) => d.bn.forward_t(&conv(&d.conv, x), train),
             None => x.shallow_clone(),
         };
         (y + identity).relu()
@@ -172,15 +183,55 @@ impl ResNet {
 
     /// N×3×H×W images → N×C pooled features.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = self.bn1.forward_t(&self.conv1.forward(x), train).relu();
-        if self.max_pool {
-            y = y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        }
+        let mut y = self.stem_t(x, train);
         for layer in &self.layers {
             for block in layer {
                 y = block.forward_t(&y, train);
             }
         }
         y.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+    }
+
+    fn stem_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = self.bn1.forward_t(&self.conv1.forward(x), train).relu();
+        if self.max_pool {
+            y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
+        } else {
+            y
+        }
+    }
+
+    /// N×3×H×W images → N×C₃×h×w feature maps of layer3 run at stride 1 (layer4 and the pooling
+    /// left out), as dense-correspondence evaluations modify a ResNet (videowalk's
+    /// `ResNet.modify`: every convolution of layer3 at stride 1, no dilation), so the maps keep
+    /// layer2's resolution: [`layer3_stride`](Self::layer3_stride) pixels per cell.
+    pub fn forward_layer3_unstrided_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = self.stem_t(x, train);
+        for (l, layer) in self.layers.iter().take(3).enumerate() {
+            let stride = (l == 2).then_some(1);
+            for block in layer {
+                y = block.forward_strided_t(&y, train, stride);
+            }
+        }
+        y
+    }
+
+    /// Input pixels per cell of [`forward_layer3_unstrided_t`](Self::forward_layer3_unstrided_t)'s
+    /// maps: 8 with torchvision's stem, 2 with the CIFAR stem.
+    pub fn layer3_stride(&self) -> i64 {
+        let stem = if self.max_pool { 4 } else { 1 };
+        stem * 2
+    }
+
+    /// N×3×H×W images → N×C×h×w feature maps of layer4, the unmodified trunk before its
+    /// pooling ([`forward_t`](Self::forward_t) is their spatial mean).
+    pub fn forward_layer4_maps_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = self.stem_t(x, train);
+        for layer in &self.layers {
+            for block in layer {
+                y = block.forward_t(&y, train);
+            }
+        }
+        y
     }
 }

@@ -44,11 +44,14 @@ pub struct Pushgateway {
 
 /// RFC 4648 base64url with padding, as the Pushgateway decodes `@base64` label values.
 fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -121,7 +124,11 @@ impl Pushgateway {
 
     /// The request path of a group: `job` and then each grouping label, values base64url.
     pub fn group_path(&self, job: &str, grouping: &[(&str, &str)]) -> String {
-        let mut path = format!("{}/metrics/job@base64/{}", self.prefix, base64url(job.as_bytes()));
+        let mut path = format!(
+            "{}/metrics/job@base64/{}",
+            self.prefix,
+            base64url(job.as_bytes())
+        );
         for (label, value) in grouping {
             // An empty value is written as a lone `=` (the Pushgateway's convention).
             let encoded = if value.is_empty() {
@@ -203,12 +210,21 @@ mod tests {
     #[test]
     fn urls_parse_into_host_port_and_prefix() {
         let p = Pushgateway::parse("http://pg.monitoring:9091/gw/").expect("parses");
-        assert_eq!((p.host.as_str(), p.port, p.prefix.as_str()), ("pg.monitoring", 9091, "/gw"));
+        assert_eq!(
+            (p.host.as_str(), p.port, p.prefix.as_str()),
+            ("pg.monitoring", 9091, "/gw")
+        );
         let p = Pushgateway::parse("http://pg").expect("parses");
         assert_eq!((p.port, p.prefix.as_str()), (80, ""));
         let p = Pushgateway::parse("http://[::1]:9091").expect("parses");
         assert_eq!((p.host.as_str(), p.port), ("::1", 9091));
-        for bad in ["https://pg:9091", "pg:9091", "http://:9091", "http://pg:x", "http://pg/a?b"] {
+        for bad in [
+            "https://pg:9091",
+            "pg:9091",
+            "http://:9091",
+            "http://pg:x",
+            "http://pg/a?b",
+        ] {
             assert!(Pushgateway::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(

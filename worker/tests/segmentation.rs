@@ -1,0 +1,365 @@
+//! Segmentation scores against the reference meter (`tests/reference/miou_reference.py`), and
+//! `kontrast eval` running segment retrieval end to end.
+//!
+//! The retrieval runs on a synthetic PASCAL VOC segmentation root in the exact on-disk layout
+//! (JPEG images, palette-PNG masks with a 255 boundary ring, `ImageSets/Segmentation` lists),
+//! written at test time by the reference script from real Fashion-MNIST items pasted onto a
+//! background, with exact masks (not VOC content).
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Proc, fashion_mnist_subset, kontrast, small_run, write_config};
+use kontrast_api::config::{
+    Arch, EvaluationConfig, EvaluationDatasetConfig, EvaluationDatasetFormat, EvaluationTask,
+};
+use kontrast_data::segment::IGNORE;
+use kontrast_worker::eval::miou::ConfusionMatrix;
+use kontrast_worker::model::{Moco, MocoSpec};
+use kontrast_worker::train::config::{self, Overrides};
+use serde::Deserialize;
+use tch::{Device, Kind, Tensor};
+
+/// Rust and the reference may differ by at most this (both divide the same integer counts).
+const SCORE_TOLERANCE: f64 = 1e-9;
+const CLASSES: usize = 21;
+
+fn python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/miou_reference.py")
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    tp: Vec<u64>,
+    fp: Vec<u64>,
+    #[serde(rename = "fn")]
+    fn_: Vec<u64>,
+    iou: Vec<f64>,
+    #[serde(rename = "mIoU")]
+    miou: f64,
+    #[serde(rename = "mIoUPresent")]
+    miou_present: f64,
+    #[serde(rename = "pixelAccuracy")]
+    pixel_accuracy: f64,
+}
+
+/// A deterministic generator for the label maps (splitmix64).
+struct Labels(u64);
+
+impl Labels {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+#[test]
+fn miou_equals_the_reference_meter_on_random_label_maps() {
+    let mut rng = Labels(7);
+    let (mut preds, mut truths, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut matrix = ConfusionMatrix::new(CLASSES);
+    for (h, w) in [(37usize, 53usize), (64, 64), (20, 91), (48, 33), (5, 7)] {
+        let mut truth = Vec::with_capacity(h * w);
+        let mut pred = Vec::with_capacity(h * w);
+        for y in 0..h {
+            for x in 0..w {
+                // Blobs of one class per 8×8 tile, an ignored band, class 20 never anywhere.
+                let tile = (y / 8 * 13 + x / 8 * 7 + h) as u64;
+                let t = if (y + 2 * x) % 17 == 3 {
+                    IGNORE
+                } else {
+                    (tile % 20) as u8
+                };
+                // Mostly right, sometimes any class but 20; class 7 is never predicted.
+                let noisy = rng.next(4) == 0;
+                let mut p = if noisy || t == IGNORE {
+                    rng.next(20) as u8
+                } else {
+                    t
+                };
+                if p == 7 {
+                    p = 8;
+                }
+                truth.push(t);
+                pred.push(p);
+            }
+        }
+        matrix.update(&pred, &truth).expect("valid labels");
+        sizes.extend([h as i64, w as i64]);
+        preds.extend(pred);
+        truths.extend(truth);
+    }
+    let ours = matrix.scores();
+    // The maps exercise what the conventions are about.
+    assert!(!ours.present[20], "class 20 is absent from both");
+    assert!(
+        ours.present[7] && ours.iou[7] == 0.0,
+        "class 7 is never predicted"
+    );
+    assert_eq!(matrix.class_counts(7).0, 0);
+    assert!(matrix.class_counts(7).2 > 0);
+    assert!(truths.iter().filter(|&&t| t == IGNORE).count() > 500);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("labels.safetensors");
+    Tensor::write_safetensors(
+        &[
+            ("pred", &Tensor::from_slice(&preds)),
+            ("gt", &Tensor::from_slice(&truths)),
+            ("sizes", &Tensor::from_slice(&sizes).view([-1, 2])),
+        ],
+        &input,
+    )
+    .expect("write the label maps");
+    let out = Command::new(python())
+        .arg(script())
+        .arg("miou")
+        .arg(&input)
+        .arg(CLASSES.to_string())
+        .output()
+        .expect("run the Python reference (`make setup` installs the venv)");
+    assert!(
+        out.status.success(),
+        "the reference failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference: Reference = serde_json::from_slice(&out.stdout).expect("the reference's JSON");
+
+    for c in 0..CLASSES {
+        assert_eq!(
+            matrix.class_counts(c),
+            (reference.tp[c], reference.fp[c], reference.fn_[c]),
+            "class {c}"
+        );
+    }
+    let max_iou_diff = ours
+        .iou
+        .iter()
+        .zip(&reference.iou)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    let diffs = [
+        ("per-class IoU", max_iou_diff),
+        ("mIoU", (ours.miou - reference.miou).abs()),
+        (
+            "mIoU over present",
+            (ours.miou_present - reference.miou_present).abs(),
+        ),
+        (
+            "pixel accuracy",
+            (ours.pixel_accuracy - reference.pixel_accuracy).abs(),
+        ),
+    ];
+    println!(
+        "mIoU {:.6} (reference {:.6}), over present {:.6}, pixel accuracy {:.6}; differences {diffs:?}",
+        ours.miou, reference.miou, ours.miou_present, ours.pixel_accuracy
+    );
+    for (what, diff) in diffs {
+        assert!(diff <= SCORE_TOLERANCE, "{what} differs by {diff:e}");
+    }
+    // Absent classes pull the reference's mean down: the two means differ here.
+    assert!(ours.miou_present > ours.miou + 0.01);
+}
+
+#[test]
+fn layer4_maps_average_to_the_pooled_features() {
+    tch::manual_seed(0);
+    let moco = Moco::new(
+        MocoSpec {
+            arch: Arch::Resnet18,
+            cifar_stem: true,
+            width: 8,
+            dim: 16,
+            queue_size: 32,
+            mlp: true,
+            momentum: 0.99,
+            temperature: 0.2,
+            knn: None,
+            shuffle_keys: false,
+        },
+        Device::Cpu,
+    );
+    let backbone = &moco.encoder_q().backbone;
+    let x = Tensor::randn([2, 3, 36, 36], (Kind::Float, Device::Cpu));
+    let maps = tch::no_grad(|| backbone.forward_layer4_maps_t(&x, false));
+    assert_eq!(maps.size(), [2, 64, 5, 5]);
+    let pooled = tch::no_grad(|| backbone.forward_t(&x, false));
+    let mean = maps.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
+    let diff = (mean - pooled).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "{diff}");
+}
+
+/// Writes the synthetic VOC segmentation root: `train` images from Fashion-MNIST's training
+/// split, `val` from its test split (`val` = 0: the training images again).
+fn voc_fixture(root: &Path, train: usize, val: usize) -> PathBuf {
+    let fashion = config::standalone(&Overrides::default())
+        .expect("the embedded run resolves")
+        .dataset
+        .path;
+    let status = Command::new(python())
+        .arg(script())
+        .arg("voc-seg-fixture")
+        .arg(&fashion)
+        .arg(root)
+        .args([train.to_string(), val.to_string()])
+        .status()
+        .expect("run the Python reference (`make setup` installs the venv)");
+    assert!(
+        status.success(),
+        "the VOC fixture could not be written: {status}"
+    );
+    root.to_path_buf()
+}
+
+fn metric(result: &serde_json::Value, name: &str) -> f64 {
+    result["metrics"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no {name}: {result}"))
+}
+
+#[test]
+fn a_segment_retrieval_evaluation_lands_in_the_termination_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = fashion_mnist_subset(&dir.path().join("data"), 64);
+    let voc = voc_fixture(&dir.path().join("VOC2012"), 60, 30);
+    let itself = voc_fixture(&dir.path().join("itself"), 40, 0);
+    let broken = voc_fixture(&dir.path().join("broken"), 4, 4);
+    std::fs::remove_file(broken.join("ImageSets/Segmentation/val.txt")).expect("remove a list");
+    let mut config = small_run(&data, 1, 1, 16, 32);
+    for (name, path) in [
+        ("voc-retrieval", &voc),
+        ("self-retrieval", &itself),
+        ("broken-retrieval", &broken),
+    ] {
+        config.evaluations.push(EvaluationConfig {
+            name: name.into(),
+            dataset: EvaluationDatasetConfig {
+                format: EvaluationDatasetFormat::Voc,
+                path: path.display().to_string(),
+            },
+            gpus: 0,
+            task: EvaluationTask::Retrieval,
+        });
+    }
+    let config_path = write_config(dir.path(), &config);
+    let checkpoints = dir.path().join("checkpoints");
+    let (config_arg, checkpoint_arg) = (
+        config_path.display().to_string(),
+        checkpoints.display().to_string(),
+    );
+    let train = kontrast(
+        dir.path(),
+        &[
+            "train",
+            "--config",
+            &config_arg,
+            "--checkpoint-dir",
+            &checkpoint_arg,
+            "--metrics-port",
+            "0",
+            "--data-threads",
+            "0",
+        ],
+    );
+    Proc::spawn(train, dir.path(), "train").assert_success(Duration::from_secs(120));
+    let eval = |name: &str| {
+        kontrast(
+            dir.path(),
+            &[
+                "eval",
+                "--evaluation",
+                name,
+                "--config",
+                &config_arg,
+                "--checkpoint-dir",
+                &checkpoint_arg,
+            ],
+        )
+    };
+    let result_of = |name: &str| -> (serde_json::Value, String) {
+        let mut proc = Proc::spawn(eval(name), dir.path(), name);
+        proc.assert_success(Duration::from_secs(300));
+        let message = std::fs::read_to_string(dir.path().join("termination-log"))
+            .expect("the termination message");
+        (serde_json::from_str(&message).expect("JSON"), proc.stderr())
+    };
+
+    let (result, log) = result_of("voc-retrieval");
+    assert_eq!(result["evaluation"], "voc-retrieval", "{result}");
+    assert_eq!(result["kind"], "retrieval", "{result}");
+    assert_eq!(result["checkpointEpoch"], 1, "{result}");
+    let iou = result["metrics"]["iou"].as_object().expect("per-class IoU");
+    assert_eq!(iou.len(), CLASSES, "{result}");
+    let values: Vec<f64> = iou.values().filter_map(|v| v.as_f64()).collect();
+    assert!(values.iter().all(|v| (0.0..=100.0).contains(v)), "{result}");
+    let miou = metric(&result, "mIoU");
+    assert!(
+        (miou - values.iter().sum::<f64>() / CLASSES as f64).abs() < 1e-9,
+        "{result}"
+    );
+    let (accuracy, present, pixels) = (
+        metric(&result, "accuracy"),
+        metric(&result, "mIoUPresent"),
+        metric(&result, "pixelAccuracy"),
+    );
+    println!(
+        "synthetic VOC retrieval: accuracy {accuracy:.2}, mIoU {miou:.2}, over present classes \
+         {present:.2}, pixel accuracy {pixels:.2}"
+    );
+    assert!((0.0..=100.0).contains(&accuracy), "{result}");
+    // A one-epoch model on 16-pixel crops does not retrieve every class of unseen images; 100
+    // here would mean the ground truth leaked into the prediction.
+    assert!(accuracy < 100.0, "{result}");
+    assert!(present >= miou && present <= 100.0, "{result}");
+    // Background pixels are painted background: right for every one of them, and they are
+    // most of each image.
+    assert!(
+        iou["background"].as_f64().is_some_and(|b| b > 50.0),
+        "{result}"
+    );
+    assert!(pixels > 60.0, "{result}");
+    assert!(
+        log.contains("memory bank built") && log.contains("prototypes=60"),
+        "{log}"
+    );
+    assert!(log.contains("segment retrieval scored"), "{log}");
+
+    // The val split is the train split: every query's nearest prototype is its own, so every
+    // retrieved class is right and every scored pixel too, whatever the training did.
+    let (result, _) = result_of("self-retrieval");
+    assert_eq!(metric(&result, "accuracy"), 100.0, "{result}");
+    assert_eq!(metric(&result, "mIoUPresent"), 100.0, "{result}");
+    assert_eq!(metric(&result, "pixelAccuracy"), 100.0, "{result}");
+    let iou = result["metrics"]["iou"].as_object().expect("per-class IoU");
+    let perfect = iou.values().filter(|v| v.as_f64() == Some(100.0)).count();
+    assert!(
+        iou.values()
+            .all(|v| matches!(v.as_f64(), Some(x) if x == 0.0 || x == 100.0)),
+        "{result}"
+    );
+    // Background and several item classes: a constant answer could not score 100.
+    assert!(perfect >= 6, "{result}");
+    let expected = 100.0 * perfect as f64 / CLASSES as f64;
+    assert!(
+        (metric(&result, "mIoU") - expected).abs() < 1e-9,
+        "{result}"
+    );
+
+    let mut proc = Proc::spawn(eval("broken-retrieval"), dir.path(), "broken-retrieval");
+    let status = proc.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(78), "{}", proc.stderr());
+    let message = std::fs::read_to_string(dir.path().join("termination-log")).unwrap_or_default();
+    assert!(
+        message.contains("ImageSets/Segmentation/val.txt"),
+        "{message}"
+    );
+}
