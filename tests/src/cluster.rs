@@ -83,6 +83,8 @@ pub struct ClusterOptions {
     pub lifetime: Lifetime,
     /// The node's configuration.
     pub node: NodeOptions,
+    /// How Prometheus scrapes.
+    pub prometheus: prometheus::ScrapeOptions,
 }
 
 /// Where the set-up script puts the Kubernetes binaries: `$KONTRAST_K8S_BIN`, else
@@ -115,6 +117,7 @@ impl ClusterOptions {
             node_bin: node_bin.into(),
             lifetime: Lifetime::Attached,
             node: NodeOptions::default(),
+            prometheus: prometheus::ScrapeOptions::default(),
         }
     }
 }
@@ -584,7 +587,7 @@ impl Cluster {
         // Prometheus
         let discovery = format!("http://{host}:{DISCOVERY_PORT}/sd/pods");
         let prom_cfg = dir.join("prometheus/prometheus.yml");
-        prometheus::write_config(&prom_cfg, &discovery)?;
+        prometheus::write_config_with(&prom_cfg, &discovery, &opts.prometheus)?;
         let prom_url = format!("http://{host}:{PROMETHEUS_PORT}");
         st.start(
             "prometheus",

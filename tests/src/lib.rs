@@ -4,7 +4,9 @@
 //! HTTP service-discovery endpoint ([`discovery`]).
 #![deny(missing_docs)]
 
+pub mod chart;
 pub mod cluster;
+pub mod dashboards;
 pub mod discovery;
 pub mod error;
 pub mod kubeconfig;

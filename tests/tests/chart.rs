@@ -19,6 +19,7 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use kontrast_api::labels;
 use kontrast_api::v1alpha1::{ContrastiveRun, RunPhase};
 use kontrast_tests::cluster::cache_dir;
+use kontrast_tests::dashboards;
 use kontrast_tests::testing::TestCluster;
 use kontrast_tests::wait;
 use kube::Api;
@@ -29,14 +30,11 @@ use serde_json::{Value, json};
 // Paths and tools
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate lives inside the repository")
-        .to_path_buf()
+    kontrast_tests::chart::repo_root()
 }
 
 fn chart() -> PathBuf {
-    repo().join("charts/kontrast")
+    kontrast_tests::chart::chart_dir()
 }
 
 /// The values file that turns every optional object on and scopes RBAC to one namespace.
@@ -52,10 +50,6 @@ fn tool_at(path: PathBuf, installer: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-fn helm() -> PathBuf {
-    tool_at(cache_dir().join("tools/bin/helm"), "scripts/setup-tools.sh")
 }
 
 fn venv_bin(name: &str) -> PathBuf {
@@ -137,15 +131,15 @@ impl Drop for Scratch {
     }
 }
 
+/// helm's configuration, caches and data of these tests, under the target directory.
+fn helm_home() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chart/helm-home")
+}
+
 /// helm with its configuration, caches and data under the target directory, so tests neither
 /// read nor write the user's (lint, template and install of a local chart write nothing there).
 fn helm_cmd() -> Command {
-    let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chart/helm-home");
-    let mut cmd = Command::new(helm());
-    cmd.env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_DATA_HOME", home.join("data"));
-    cmd
+    kontrast_tests::chart::helm_command(&helm_home()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `helm template` of the chart as release `kontrast` in `kontrast-system`, with `args` added.
@@ -1227,71 +1221,27 @@ fn the_promql_scanner_tells_metrics_from_functions_labels_and_variables() {
 }
 
 /// Every query of a dashboard: panel targets (rows' nested panels included) and variable queries.
-fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
-    fn panels(list: &Value, out: &mut Vec<(String, String)>) {
-        for p in list.as_array().into_iter().flatten() {
-            panels(&p["panels"], out);
-            if p["type"] == "row" {
-                continue;
-            }
-            let title = p["title"].as_str().unwrap_or("?").to_string();
-            let targets = p["targets"].as_array().cloned().unwrap_or_default();
-            assert!(!targets.is_empty(), "panel {title:?} has no query");
-            for t in targets {
-                let expr = t["expr"].as_str().unwrap_or_default().to_string();
-                assert!(!expr.is_empty(), "panel {title:?} has an empty query");
-                out.push((format!("panel {title:?}"), expr));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    panels(&dashboard["panels"], &mut out);
-    for var in dashboard["templating"]["list"]
-        .as_array()
+fn dashboard_queries(name: &str, dashboard: &Value) -> Vec<(String, String)> {
+    dashboards::queries(name, dashboard)
+        .unwrap_or_else(|e| panic!("{e}"))
         .into_iter()
-        .flatten()
-    {
-        if var["type"] != "query" {
-            continue;
-        }
-        let q = var["query"]["query"]
-            .as_str()
-            .or_else(|| var["query"].as_str())
-            .unwrap_or_default();
-        // label_values(<selector>, <label>): the selector is PromQL, the label is not.
-        let inner = q
-            .strip_prefix("label_values(")
-            .and_then(|r| r.strip_suffix(')'))
-            .and_then(|r| r.rsplit_once(','))
-            .map(|(sel, _)| sel.trim().to_string())
-            .unwrap_or_else(|| q.to_string());
-        out.push((format!("variable {}", var["name"]), inner));
-    }
-    out
-}
-
-fn dashboards() -> Vec<(String, Value)> {
-    ["training", "evaluation"]
-        .iter()
-        .map(|name| {
-            let path = chart().join(format!("dashboards/{name}.json"));
-            let text = std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-            let value: Value = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-            (name.to_string(), value)
+        .map(|q| {
+            let what = match q.source {
+                dashboards::Source::Panel { title } => format!("panel {title:?}"),
+                dashboards::Source::Variable { name, .. } => format!("variable \"{name}\""),
+            };
+            (what, q.expr)
         })
         .collect()
 }
 
+fn dashboards() -> Vec<(String, Value)> {
+    dashboards::load(&chart().join("dashboards")).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// A dashboard query with Grafana's variables replaced as Grafana does with "All" selected.
 fn as_promql(expr: &str) -> String {
-    expr.replace("$__rate_interval", "1m")
-        .replace("$__interval", "1m")
-        .replace("$__range", "1h")
-        .replace("$namespace", ".*")
-        .replace("$run", ".*")
-        .replace("$evaluation", ".*")
+    dashboards::all_selected(expr)
 }
 
 /// The PrometheusRule's `spec`, rendered with `args`.
@@ -1314,7 +1264,7 @@ fn dashboards_and_alerts_use_only_documented_metrics_and_valid_promql() {
     let mut used = BTreeSet::new();
     let mut syntax = Vec::new();
     for (name, dashboard) in dashboards() {
-        let queries = dashboard_queries(&dashboard);
+        let queries = dashboard_queries(&name, &dashboard);
         assert!(queries.len() > 5, "{name}: {} queries", queries.len());
         for (what, expr) in queries {
             match check_documented(&format!("{name} {what}"), &expr, &documented) {
@@ -1549,40 +1499,20 @@ fn the_alert_rules_pass_promtool_and_fire_when_they_should() {
 const T: Duration = Duration::from_secs(150);
 
 /// The operator binary cargo built beside this test's binaries; the node runs it for the
-/// chart's Deployment. It must be newer than every source it was built from (cargo's dep-info
-/// file beside it lists them), else the test would exercise old code.
+/// chart's Deployment. It must be newer than every source it was built from, else the test would
+/// exercise old code.
 fn operator_binary_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_BIN_EXE_kontrast-node"))
         .parent()
         .expect("the node binary has a directory")
         .to_path_buf();
-    let bin = dir.join("kontrast-operator");
-    let build = "cargo build -p kontrast-operator --bin kontrast-operator";
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let built = modified(&bin).unwrap_or_else(|| panic!("{} is missing: {build}", bin.display()));
-    let depinfo = dir.join("kontrast-operator.d");
-    let deps = std::fs::read_to_string(&depinfo)
-        .unwrap_or_else(|e| panic!("{}: {e}: {build}", depinfo.display()));
-    // "target: dep dep …", spaces inside paths escaped as "\ ".
-    let list = deps.split_once(": ").map(|(_, l)| l).unwrap_or_default();
-    let escaped = list.replace("\\ ", "\u{0}");
-    for dep in escaped.split_whitespace() {
-        let dep = PathBuf::from(dep.replace('\u{0}', " "));
-        assert!(
-            modified(&dep).is_some_and(|m| m <= built),
-            "{} is older than {} (or that file is gone): {build}",
-            bin.display(),
-            dep.display()
-        );
-    }
+    kontrast_tests::chart::fresh_binary(
+        &dir,
+        "kontrast-operator",
+        "cargo build -p kontrast-operator --bin kontrast-operator",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("0.0.0.0:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 struct Installed {
@@ -1620,30 +1550,19 @@ impl Installed {
         )
         .await
         .expect("cluster starts");
-        // The operator binds 0.0.0.0 in the node's (the host's) network: a port of its own.
-        let port = free_port();
-        // The local cluster's Prometheus finds pods by these annotations (what a ServiceMonitor
-        // does in a real cluster), so the dashboards' queries can run against real series.
-        let scrape = format!(
-            r#"podAnnotations={{"prometheus.io/scrape":"true","prometheus.io/port":"{port}"}}"#
-        );
-        let port = format!("metrics.port={port}");
-        let mut cmd = helm_cmd();
-        cmd.args(["install", "kontrast"])
-            .arg(chart())
-            .args(["--namespace", release_ns, "--create-namespace"])
-            .arg("--kubeconfig")
-            .arg(&tc.cluster.state.kubeconfig)
-            .args([
-                "--wait",
-                "--timeout",
-                "120s",
-                "--set",
-                &port,
-                "--set-json",
-                &scrape,
-            ])
-            .args(set.iter().flat_map(|s| ["--set", s]));
+        // The local cluster's Prometheus finds the operator pod by the annotations this adds
+        // (what a ServiceMonitor does in a real cluster), so the dashboards' queries can run
+        // against real series.
+        let port = kontrast_tests::chart::free_port().expect("a free port");
+        let mut cmd = kontrast_tests::chart::install_command(
+            &helm_home(),
+            &tc.cluster.state,
+            "kontrast",
+            release_ns,
+            port,
+            set,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let out = tokio::task::spawn_blocking(move || output(&mut cmd))
             .await
             .expect("helm runs");
@@ -1663,28 +1582,16 @@ impl Installed {
     }
 
     async fn operator_pod(&self) -> Option<String> {
-        let pods: Api<k8s_openapi::api::core::v1::Pod> =
-            Api::namespaced(self.tc.client.clone(), &self.release_ns);
-        let lp = ListParams::default().labels("app.kubernetes.io/component=operator");
-        pods.list(&lp)
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find_map(|p| p.metadata.name)
+        kontrast_tests::chart::operator_pod(&self.tc.client, &self.release_ns).await
     }
 
     async fn operator_log(&self) -> String {
-        let Some(pod) = self.operator_pod().await else {
-            return "(no operator pod)".into();
-        };
-        let log = self
-            .tc
-            .cluster
-            .state
-            .pod_dir(&self.release_ns, &pod)
-            .join("logs/operator.log");
-        std::fs::read_to_string(&log).unwrap_or_else(|e| format!("({}: {e})", log.display()))
+        kontrast_tests::chart::operator_log(
+            &self.tc.client,
+            &self.tc.cluster.state,
+            &self.release_ns,
+        )
+        .await
     }
 
     /// Applies a stand-in run `name` in `ns` following `script` (see kontrast-standin).
@@ -1838,7 +1745,7 @@ async fn helm_install_runs_the_operator_with_cluster_rbac_through_a_restart_and_
     .expect("Prometheus scrapes the operator");
     let mut checked = 0;
     for (name, dashboard) in dashboards() {
-        for (what, expr) in dashboard_queries(&dashboard) {
+        for (what, expr) in dashboard_queries(&name, &dashboard) {
             let names = metric_names(&expr).expect("a query");
             if !names.iter().all(|n| n.starts_with("kontrast_run_")) {
                 continue;

@@ -48,6 +48,13 @@ enum ClusterCmd {
         /// Extra PATTERN=DIR image mappings (the kontrast images map to this binary's directory).
         #[arg(long = "image")]
         images: Vec<String>,
+        /// Prometheus's scrape and discovery interval (a Prometheus duration).
+        #[arg(long, default_value = kontrast_tests::prometheus::SCRAPE_INTERVAL)]
+        scrape_interval: String,
+        /// Scrape as the chart's ServiceMonitor and PodMonitor do: honour the series' own labels
+        /// (the operator's per-run namespace) and skip worker pods other than node rank 0.
+        #[arg(long)]
+        chart_monitors: bool,
     },
     /// Stop every process of the cluster, by pid.
     Down {
@@ -85,6 +92,8 @@ async fn main() -> Result<()> {
             foreground,
             gpus,
             images,
+            scrape_interval,
+            chart_monitors,
         } => {
             let exe_dir = std::env::current_exe()?
                 .parent()
@@ -100,6 +109,10 @@ async fn main() -> Result<()> {
                 Lifetime::Detached
             };
             opts.node.gpus = gpus;
+            opts.prometheus = kontrast_tests::prometheus::ScrapeOptions {
+                interval: scrape_interval,
+                chart_monitors,
+            };
             opts.node.images = images;
             opts.node
                 .images
