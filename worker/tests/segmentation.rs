@@ -1,5 +1,6 @@
-//! Segmentation scores against the reference meter (`tests/reference/miou_reference.py`), and
-//! `kontrast eval` running segment retrieval end to end.
+//! Segmentation scores against the reference meter (`tests/reference/miou_reference.py`), the
+//! dilated backbone against torchvision (`tests/reference/segmentation_reference.py`), and
+//! `kontrast eval` running segment retrieval and the segmentation linear probe end to end.
 //!
 //! The retrieval runs on a synthetic PASCAL VOC segmentation root in the exact on-disk layout
 //! (JPEG images, palette-PNG masks with a 255 boundary ring, `ImageSets/Segmentation` lists),
@@ -362,4 +363,223 @@ fn a_segment_retrieval_evaluation_lands_in_the_termination_log() {
         message.contains("ImageSets/Segmentation/val.txt"),
         "{message}"
     );
+}
+
+/// A ResNet whose batch-norm statistics and affine parameters are away from their initial 0/1,
+/// so the evaluation-mode normalisation is exercised; its `encoder_q.` tensors.
+fn perturbed_moco(arch: Arch) -> (Moco, Vec<(String, Tensor)>) {
+    tch::manual_seed(3);
+    let moco = Moco::new(
+        MocoSpec {
+            arch,
+            cifar_stem: false,
+            width: 64,
+            dim: 16,
+            queue_size: 32,
+            mlp: false,
+            momentum: 0.99,
+            temperature: 0.2,
+            knn: None,
+            shuffle_keys: false,
+        },
+        Device::Cpu,
+    );
+    let mut tensors = Vec::new();
+    tch::no_grad(|| {
+        for e in moco.params().entries() {
+            if !e.name.starts_with("encoder_q.") {
+                continue;
+            }
+            let leaf = e.name.rsplit('.').next().unwrap_or_default();
+            let mut t = e.tensor.shallow_clone();
+            if e.name.contains(".bn") || e.name.contains("downsample.1") {
+                match leaf {
+                    "running_var" | "weight" => {
+                        t.copy_(&(Tensor::rand_like(&t) + 0.5));
+                    }
+                    "running_mean" | "bias" => {
+                        t.copy_(&(Tensor::randn_like(&t) * 0.1));
+                    }
+                    _ => {}
+                }
+            }
+            tensors.push((e.name.clone(), e.tensor.detach().copy()));
+        }
+    });
+    (moco, tensors)
+}
+
+#[test]
+fn dilated_layer4_features_match_the_papers_dilated_torchvision_resnet() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (arch, name, channels) in [
+        (Arch::Resnet18, "resnet18", 512),
+        (Arch::Resnet50, "resnet50", 2048),
+    ] {
+        let (moco, mut tensors) = perturbed_moco(arch);
+        let image = Tensor::randn([2, 3, 64, 96], (Kind::Float, Device::Cpu));
+        tensors.push(("image".into(), image.copy()));
+        let (src, dst) = (
+            dir.path().join(format!("{name}.safetensors")),
+            dir.path().join(format!("{name}-features.safetensors")),
+        );
+        Tensor::write_safetensors(&tensors, &src).expect("write the weights");
+        let status = Command::new(python())
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../tests/reference/segmentation_reference.py"),
+            )
+            .arg("layer4")
+            .arg(&src)
+            .arg(name)
+            .arg(&dst)
+            .status()
+            .expect("run the Python reference (`make setup` installs the venv)");
+        assert!(status.success(), "the reference failed: {status}");
+        let reference: Vec<(String, Tensor)> =
+            Tensor::read_safetensors(&dst).expect("the reference's features");
+        let get = |n: &str| reference.iter().find(|(k, _)| k == n).map(|(_, t)| t);
+        let expected = get("features").expect("features");
+        let backbone = &moco.encoder_q().backbone;
+        assert_eq!(backbone.dilated_stride(), 16);
+        let ours = tch::no_grad(|| backbone.forward_layer4_dilated_t(&image, false));
+        // Output stride 16: 64×96 → 4×6, where the undilated trunk gives 2×3.
+        assert_eq!(ours.size(), [2, channels, 4, 6], "{name}");
+        let plain = tch::no_grad(|| backbone.forward_layer4_maps_t(&image, false));
+        assert_eq!(plain.size(), [2, channels, 2, 3], "{name}");
+        assert_eq!(ours.size(), expected.size(), "{name}");
+        let diff = (&ours - expected).abs().max().double_value(&[]);
+        let scale = expected.abs().max().double_value(&[]);
+        println!("{name}: largest |ours − reference| {diff:e} (largest value {scale:e})");
+        assert!(diff < 1e-5 * scale.max(1.0), "{name}: {diff:e}");
+        // torchvision's own dilation keeps the first block's 3×3 at dilation 1: a different
+        // network, so the comparison above is with the paper's modification, not that one.
+        if let Some(tv) = get("torchvision") {
+            assert_eq!(tv.size(), ours.size(), "{name}");
+            let other = (&ours - tv).abs().max().double_value(&[]);
+            println!("{name}: |ours − replace_stride_with_dilation| {other:e}");
+            assert!(other > 1e-3 * scale, "{name}: {other:e}");
+        }
+    }
+}
+
+#[test]
+fn a_segmentation_linear_probe_trains_and_lands_in_the_termination_log() {
+    const EPOCHS: u32 = 30;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = fashion_mnist_subset(&dir.path().join("data"), 64);
+    let voc = voc_fixture(&dir.path().join("VOC2012"), 80, 40);
+    let mut config = small_run(&data, 1, 1, 16, 32);
+    // Evaluated at 73 × 73 (the 512 of a 224 crop, scaled): items a few feature cells wide.
+    const CROP: usize = 32;
+    config.recipe.crops.large.size = CROP as u32;
+    for (name, format) in [
+        ("voc-segmentation", EvaluationDatasetFormat::Voc),
+        ("wrong-format", EvaluationDatasetFormat::FashionMnist),
+    ] {
+        config.evaluations.push(EvaluationConfig {
+            name: name.into(),
+            dataset: EvaluationDatasetConfig {
+                format,
+                path: voc.display().to_string(),
+            },
+            gpus: 0,
+            task: EvaluationTask::Segmentation {
+                epochs: EPOCHS,
+                batch_size: 4,
+            },
+        });
+    }
+    let config_path = write_config(dir.path(), &config);
+    let checkpoints = dir.path().join("checkpoints");
+    let (config_arg, checkpoint_arg) = (
+        config_path.display().to_string(),
+        checkpoints.display().to_string(),
+    );
+    let train = kontrast(
+        dir.path(),
+        &[
+            "train",
+            "--config",
+            &config_arg,
+            "--checkpoint-dir",
+            &checkpoint_arg,
+            "--metrics-port",
+            "0",
+            "--data-threads",
+            "0",
+        ],
+    );
+    Proc::spawn(train, dir.path(), "train").assert_success(Duration::from_secs(120));
+    let eval = |name: &str| {
+        kontrast(
+            dir.path(),
+            &[
+                "eval",
+                "--evaluation",
+                name,
+                "--config",
+                &config_arg,
+                "--checkpoint-dir",
+                &checkpoint_arg,
+                "--data-threads",
+                "2",
+            ],
+        )
+    };
+    let mut proc = Proc::spawn(eval("voc-segmentation"), dir.path(), "voc-segmentation");
+    proc.assert_success(Duration::from_secs(600));
+    let log = proc.stderr();
+    let message = std::fs::read_to_string(dir.path().join("termination-log"))
+        .expect("the termination message");
+    let result: serde_json::Value = serde_json::from_str(&message).expect("JSON");
+    assert_eq!(result["kind"], "segmentation", "{result}");
+    assert_eq!(result["checkpointEpoch"], 1, "{result}");
+    let (miou, present, pixels) = (
+        metric(&result, "mIoU"),
+        metric(&result, "mIoUPresent"),
+        metric(&result, "pixelAccuracy"),
+    );
+    let iou = result["metrics"]["iou"].as_object().expect("per-class IoU");
+    assert_eq!(iou.len(), CLASSES, "{result}");
+    let values: Vec<f64> = iou.values().filter_map(|v| v.as_f64()).collect();
+    assert!(
+        (miou - values.iter().sum::<f64>() / CLASSES as f64).abs() < 1e-9,
+        "{result}"
+    );
+    assert!(present >= miou && present <= 100.0, "{result}");
+
+    // It trains: one log line per epoch, and the loss falls from the first to the last.
+    assert_eq!(
+        log.matches("segmentation epoch").count(),
+        EPOCHS as usize,
+        "{log}"
+    );
+    let loss = &result["metrics"]["trainLoss"];
+    let (first, last) = (
+        loss["first"].as_f64().expect("first loss"),
+        loss["last"].as_f64().expect("last loss"),
+    );
+    // A random 21-way guess costs ln 21 ≈ 3.04 per pixel.
+    assert!(first.is_finite() && first > 0.0, "{result}");
+    assert!(
+        last < 0.8 * first,
+        "the loss did not fall: {first} → {last}"
+    );
+
+    println!(
+        "synthetic VOC linear probe: loss {first:.3} → {last:.3}; mIoU {miou:.2}, over present \
+         {present:.2}, pixel accuracy {pixels:.2}"
+    );
+    // The background's IoU is scored: it is most of every image.
+    assert!(
+        iou["background"].as_f64().is_some_and(|b| b > 50.0),
+        "{result}"
+    );
+
+    let mut proc = Proc::spawn(eval("wrong-format"), dir.path(), "wrong-format");
+    let status = proc.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(78), "{}", proc.stderr());
+    let message = std::fs::read_to_string(dir.path().join("termination-log")).unwrap_or_default();
+    assert!(message.contains("PASCAL VOC"), "{message}");
 }

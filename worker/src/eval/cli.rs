@@ -277,12 +277,17 @@ fn evaluate(args: &Args) -> Result<Outcome, Failure> {
             device,
         )
         .map_err(permanent)?,
-        other => {
-            return Err(Failure::Permanent(format!(
-                "evaluation kind {:?} is not available in this worker build yet",
-                other.kind()
-            )));
-        }
+        // The linear probe: the api has no field choosing fine-tuning yet.
+        EvaluationTask::Segmentation { epochs, batch_size } => super::segmentation::run(
+            &evaluation,
+            run.recipe.crops.large.size as usize,
+            &moco.encoder_q().backbone,
+            args.data_threads,
+            device,
+            epochs,
+            batch_size,
+        )
+        .map_err(permanent)?,
     };
     Ok(Outcome {
         result: json!({

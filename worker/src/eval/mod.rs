@@ -10,6 +10,8 @@ pub mod linear_svm;
 pub mod miou;
 pub mod retrieval;
 pub mod segment_retrieval;
+pub mod segmentation;
+pub mod segmentation_head;
 pub mod svm;
 
 /// Why an evaluation failed.

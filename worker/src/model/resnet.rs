@@ -37,12 +37,19 @@ impl Conv2d {
 
     /// The convolution at `stride` instead of its own (for a layer run at stride 1).
     fn forward_with_stride(&self, x: &Tensor, stride: i64) -> Tensor {
+        self.forward_dilated(x, stride, self.dilation)
+    }
+
+    /// The convolution at `stride` and `dilation`, padded by `dilation × (k / 2)` so a 3×3
+    /// keeps the spatial size at stride 1 (a 1×1 is unaffected by either).
+    fn forward_dilated(&self, x: &Tensor, stride: i64, dilation: i64) -> Tensor {
+        let padding = self.padding * dilation;
         x.conv2d(
             &self.weight,
             None::<Tensor>,
             [stride, stride],
-            [self.padding, self.padding],
-            [self.dilation, self.dilation],
+            [padding, padding],
+            [dilation, dilation],
             1,
         )
     }
@@ -112,7 +119,21 @@ impl Block {
 
     /// The block with every convolution at `stride` when given, else at its own.
     fn forward_strided_t(&self, x: &Tensor, train: bool, stride: Option<i64>) -> Tensor {
-        let conv = |c: &Conv2d, x: &Tensor| c.forward_with_stride(x, stride.unwrap_or(c.stride));
+        self.forward_general_t(x, train, stride, 1)
+    }
+
+    /// The block with every convolution at `stride` when given (else its own) and dilated by
+    /// `dilation` (1: none).
+    fn forward_general_t(
+        &self,
+        x: &Tensor,
+        train: bool,
+        stride: Option<i64>,
+        dilation: i64,
+    ) -> Tensor {
+        let conv = |c: &Conv2d, x: &Tensor| {
+            c.forward_dilated(x, stride.unwrap_or(c.stride), c.dilation * dilation)
+        };
         let last = self.convs.len() - 1;
         let mut y = x.shallow_clone();
         for (i, (c, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
@@ -221,6 +242,28 @@ impl ResNet {
     pub fn layer3_stride(&self) -> i64 {
         let stem = if self.max_pool { 4 } else { 1 };
         stem * 2
+    }
+
+    /// N×3×H×W images → N×C×h×w feature maps of layer4 run at output stride 16, as the
+    /// segmentation protocol dilates a ResNet: every convolution of layer4 at stride 1, its 3×3
+    /// convolutions with dilation 2 and padding 2 (all blocks, the first one included), layers
+    /// 1–3 unchanged; [`dilated_stride`](Self::dilated_stride) input pixels per cell.
+    pub fn forward_layer4_dilated_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = self.stem_t(x, train);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (stride, dilation) = if l == 3 { (Some(1), 2) } else { (None, 1) };
+            for block in layer {
+                y = block.forward_general_t(&y, train, stride, dilation);
+            }
+        }
+        y
+    }
+
+    /// Input pixels per cell of
+    /// [`forward_layer4_dilated_t`](Self::forward_layer4_dilated_t)'s maps: 16 with
+    /// torchvision's stem, 4 with the CIFAR stem.
+    pub fn dilated_stride(&self) -> i64 {
+        self.layer3_stride() * 2
     }
 
     /// N×3×H×W images → N×C×h×w feature maps of layer4, the unmodified trunk before its
