@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Proc, kontrast, small_run, write_config};
+use common::{Proc, small_run, train_for_eval};
 use kontrast_api::config::{
     Arch, EvaluationConfig, EvaluationDatasetConfig, EvaluationDatasetFormat, EvaluationTask,
 };
@@ -431,40 +431,9 @@ fn kontrast_eval_propagates_labels_through_a_davis_root() {
             temperature: 0.07,
         },
     });
-    let config_path = write_config(dir.path(), &config);
-    let checkpoints = dir.path().join("checkpoints");
-    let (config_arg, checkpoint_arg) = (
-        config_path.display().to_string(),
-        checkpoints.display().to_string(),
-    );
-    let train = kontrast(
-        dir.path(),
-        &[
-            "train",
-            "--config",
-            &config_arg,
-            "--checkpoint-dir",
-            &checkpoint_arg,
-            "--metrics-port",
-            "0",
-            "--data-threads",
-            "0",
-        ],
-    );
-    Proc::spawn(train, dir.path(), "train").assert_success(Duration::from_secs(120));
+    let run = train_for_eval(dir.path(), &config);
 
-    let eval = kontrast(
-        dir.path(),
-        &[
-            "eval",
-            "--evaluation",
-            "davis",
-            "--config",
-            &config_arg,
-            "--checkpoint-dir",
-            &checkpoint_arg,
-        ],
-    );
+    let eval = run.eval("davis", &[]);
     let mut proc = Proc::spawn(eval, dir.path(), "eval");
     proc.assert_success(Duration::from_secs(300));
     let message = std::fs::read_to_string(dir.path().join("termination-log"))
@@ -527,18 +496,7 @@ fn kontrast_eval_propagates_labels_through_a_davis_root() {
     // A frame without its annotation fails permanently, naming the file.
     let missing = davis.join("Annotations/480p/moving-pair/00003.png");
     std::fs::remove_file(&missing).expect("remove an annotation");
-    let eval = kontrast(
-        dir.path(),
-        &[
-            "eval",
-            "--evaluation",
-            "davis",
-            "--config",
-            &config_arg,
-            "--checkpoint-dir",
-            &checkpoint_arg,
-        ],
-    );
+    let eval = run.eval("davis", &[]);
     let mut proc = Proc::spawn(eval, dir.path(), "eval-broken");
     let status = proc.wait(Duration::from_secs(120));
     assert_eq!(status.code(), Some(78), "{}", proc.stderr());

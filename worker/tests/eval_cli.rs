@@ -8,7 +8,9 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Proc, fashion_mnist_subset, free_port, kontrast, small_run, write_config};
+use common::{
+    Proc, fashion_mnist_subset, free_port, kontrast, small_run, train_for_eval, write_config,
+};
 use kontrast_api::config::{
     EvaluationConfig, EvaluationDatasetConfig, EvaluationDatasetFormat, EvaluationTask,
 };
@@ -88,41 +90,10 @@ fn a_knn_evaluation_of_the_newest_checkpoint_lands_in_the_termination_log() {
             temperature: 0.07,
         },
     });
-    let config_path = write_config(dir.path(), &config);
-    let checkpoints = dir.path().join("checkpoints");
-    let (config_arg, checkpoint_arg) = (
-        config_path.display().to_string(),
-        checkpoints.display().to_string(),
-    );
-    let train = kontrast(
-        dir.path(),
-        &[
-            "train",
-            "--config",
-            &config_arg,
-            "--checkpoint-dir",
-            &checkpoint_arg,
-            "--metrics-port",
-            "0",
-            "--data-threads",
-            "0",
-        ],
-    );
-    Proc::spawn(train, dir.path(), "train").assert_success(Duration::from_secs(120));
+    let run = train_for_eval(dir.path(), &config);
 
     let gateway = Pushgateway::start(dir.path());
-    let mut eval = kontrast(
-        dir.path(),
-        &[
-            "eval",
-            "--evaluation",
-            "knn",
-            "--config",
-            &config_arg,
-            "--checkpoint-dir",
-            &checkpoint_arg,
-        ],
-    );
+    let mut eval = run.eval("knn", &[]);
     // What the operator puts into the evaluation Job's environment.
     eval.env(
         "KONTRAST_PUSHGATEWAY",

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Proc, fashion_mnist_subset, kontrast, small_run, write_config};
+use common::{Proc, fashion_mnist_subset, small_run, train_for_eval};
 use kontrast_api::config::{
     Arch, EvaluationConfig, EvaluationDatasetConfig, EvaluationDatasetFormat, EvaluationTask,
 };
@@ -378,42 +378,9 @@ fn a_linear_svm_evaluation_on_voc_lands_in_the_termination_log() {
             task: EvaluationTask::LinearSvm { cost: COST },
         });
     }
-    let config_path = write_config(dir.path(), &config);
-    let checkpoints = dir.path().join("checkpoints");
-    let (config_arg, checkpoint_arg) = (
-        config_path.display().to_string(),
-        checkpoints.display().to_string(),
-    );
-    let train = kontrast(
-        dir.path(),
-        &[
-            "train",
-            "--config",
-            &config_arg,
-            "--checkpoint-dir",
-            &checkpoint_arg,
-            "--metrics-port",
-            "0",
-            "--data-threads",
-            "0",
-        ],
-    );
-    Proc::spawn(train, dir.path(), "train").assert_success(Duration::from_secs(120));
+    let run = train_for_eval(dir.path(), &config);
 
-    let eval = |name: &str| {
-        kontrast(
-            dir.path(),
-            &[
-                "eval",
-                "--evaluation",
-                name,
-                "--config",
-                &config_arg,
-                "--checkpoint-dir",
-                &checkpoint_arg,
-            ],
-        )
-    };
+    let eval = |name: &str| run.eval(name, &[]);
     let mut proc = Proc::spawn(eval("voc-svm"), dir.path(), "eval");
     proc.assert_success(Duration::from_secs(300));
     let message = std::fs::read_to_string(dir.path().join("termination-log"))

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Proc, fashion_mnist_subset, kontrast, small_run, write_config};
+use common::{Proc, fashion_mnist_subset, small_run, train_for_eval};
 use kontrast_api::config::{
     Arch, EvaluationConfig, EvaluationDatasetConfig, EvaluationDatasetFormat, EvaluationTask,
 };
@@ -251,41 +251,8 @@ fn a_segment_retrieval_evaluation_lands_in_the_termination_log() {
             task: EvaluationTask::Retrieval,
         });
     }
-    let config_path = write_config(dir.path(), &config);
-    let checkpoints = dir.path().join("checkpoints");
-    let (config_arg, checkpoint_arg) = (
-        config_path.display().to_string(),
-        checkpoints.display().to_string(),
-    );
-    let train = kontrast(
-        dir.path(),
-        &[
-            "train",
-            "--config",
-            &config_arg,
-            "--checkpoint-dir",
-            &checkpoint_arg,
-            "--metrics-port",
-            "0",
-            "--data-threads",
-            "0",
-        ],
-    );
-    Proc::spawn(train, dir.path(), "train").assert_success(Duration::from_secs(120));
-    let eval = |name: &str| {
-        kontrast(
-            dir.path(),
-            &[
-                "eval",
-                "--evaluation",
-                name,
-                "--config",
-                &config_arg,
-                "--checkpoint-dir",
-                &checkpoint_arg,
-            ],
-        )
-    };
+    let run = train_for_eval(dir.path(), &config);
+    let eval = |name: &str| run.eval(name, &[]);
     let result_of = |name: &str| -> (serde_json::Value, String) {
         let mut proc = Proc::spawn(eval(name), dir.path(), name);
         proc.assert_success(Duration::from_secs(300));
@@ -490,43 +457,8 @@ fn a_segmentation_linear_probe_trains_and_lands_in_the_termination_log() {
             },
         });
     }
-    let config_path = write_config(dir.path(), &config);
-    let checkpoints = dir.path().join("checkpoints");
-    let (config_arg, checkpoint_arg) = (
-        config_path.display().to_string(),
-        checkpoints.display().to_string(),
-    );
-    let train = kontrast(
-        dir.path(),
-        &[
-            "train",
-            "--config",
-            &config_arg,
-            "--checkpoint-dir",
-            &checkpoint_arg,
-            "--metrics-port",
-            "0",
-            "--data-threads",
-            "0",
-        ],
-    );
-    Proc::spawn(train, dir.path(), "train").assert_success(Duration::from_secs(120));
-    let eval = |name: &str| {
-        kontrast(
-            dir.path(),
-            &[
-                "eval",
-                "--evaluation",
-                name,
-                "--config",
-                &config_arg,
-                "--checkpoint-dir",
-                &checkpoint_arg,
-                "--data-threads",
-                "2",
-            ],
-        )
-    };
+    let run = train_for_eval(dir.path(), &config);
+    let eval = |name: &str| run.eval(name, &["--data-threads", "2"]);
     let mut proc = Proc::spawn(eval("voc-segmentation"), dir.path(), "voc-segmentation");
     proc.assert_success(Duration::from_secs(600));
     let log = proc.stderr();

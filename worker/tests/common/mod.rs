@@ -345,3 +345,56 @@ pub fn rank_process() -> Command {
     ]);
     cmd
 }
+
+/// A run config trained by `kontrast train` (one process) into `<dir>/checkpoints`: what the
+/// evaluation tests evaluate.
+pub struct TrainedRun {
+    dir: PathBuf,
+    /// The run config's path, as an argument.
+    pub config: String,
+    /// The checkpoint directory, as an argument.
+    pub checkpoints: String,
+}
+
+/// Writes `config` into `dir` and trains it to completion (no metrics port, images loaded on the
+/// training thread).
+pub fn train_for_eval(dir: &Path, config: &RunConfig) -> TrainedRun {
+    let run = TrainedRun {
+        dir: dir.to_path_buf(),
+        config: write_config(dir, config).display().to_string(),
+        checkpoints: dir.join("checkpoints").display().to_string(),
+    };
+    let train = kontrast(
+        dir,
+        &[
+            "train",
+            "--config",
+            &run.config,
+            "--checkpoint-dir",
+            &run.checkpoints,
+            "--metrics-port",
+            "0",
+            "--data-threads",
+            "0",
+        ],
+    );
+    Proc::spawn(train, dir, "train").assert_success(Duration::from_secs(120));
+    run
+}
+
+impl TrainedRun {
+    /// `kontrast eval --evaluation <evaluation>` of the run's newest checkpoint, then `extra`.
+    pub fn eval(&self, evaluation: &str, extra: &[&str]) -> Command {
+        let mut args = vec![
+            "eval",
+            "--evaluation",
+            evaluation,
+            "--config",
+            &self.config,
+            "--checkpoint-dir",
+            &self.checkpoints,
+        ];
+        args.extend_from_slice(extra);
+        kontrast(&self.dir, &args)
+    }
+}
