@@ -18,7 +18,6 @@ use kontrast_worker::eval::davis::l2_normalize_channels;
 use kontrast_worker::eval::davis_metrics::{
     BOUND_TH, SequenceScorer, f_measure, jaccard, object_count, scored_frames, summarize,
 };
-use kontrast_worker::model::{Moco, MocoSpec};
 use kontrast_worker::train::config::{self, Overrides};
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
@@ -26,12 +25,8 @@ use tch::{Device, Kind, Tensor};
 /// Largest difference allowed between our scores and the reference's (fractions).
 const TOLERANCE: f64 = 1e-6;
 
-fn python() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
-}
-
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/davis_reference.py")
+    common::reference_script("davis_reference.py")
 }
 
 /// xorshift64*: reproducible masks without a random-number crate.
@@ -211,7 +206,7 @@ fn j_and_f_match_the_python_reference() {
         dir.path().join("scores.json"),
     );
     std::fs::write(&src, input.to_string()).expect("write the masks");
-    let status = Command::new(python())
+    let status = Command::new(common::python())
         .arg(script())
         .arg("metrics")
         .args([&src, &dst])
@@ -317,46 +312,7 @@ fn layer3_features_match_videowalks_modified_torchvision_resnet() {
         (Arch::Resnet50, "resnet50", 1024),
         (Arch::Resnet18, "resnet18", 256),
     ] {
-        tch::manual_seed(3);
-        let moco = Moco::new(
-            MocoSpec {
-                arch,
-                cifar_stem: false,
-                width: 64,
-                dim: 16,
-                queue_size: 32,
-                mlp: false,
-                momentum: 0.99,
-                temperature: 0.2,
-                knn: None,
-                shuffle_keys: false,
-            },
-            Device::Cpu,
-        );
-        // Batch-norm statistics and affine parameters away from their initial 0/1, so the
-        // evaluation-mode normalisation is exercised.
-        let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        tch::no_grad(|| {
-            for e in moco.params().entries() {
-                if !e.name.starts_with("encoder_q.") {
-                    continue;
-                }
-                let leaf = e.name.rsplit('.').next().unwrap_or_default();
-                let mut t = e.tensor.shallow_clone();
-                if e.name.contains(".bn") || e.name.contains("downsample.1") {
-                    match leaf {
-                        "running_var" | "weight" => {
-                            t.copy_(&(Tensor::rand_like(&t) + 0.5));
-                        }
-                        "running_mean" | "bias" => {
-                            t.copy_(&(Tensor::randn_like(&t) * 0.1));
-                        }
-                        _ => {}
-                    }
-                }
-                tensors.push((e.name.clone(), e.tensor.detach().copy()));
-            }
-        });
+        let (moco, mut tensors) = common::perturbed_moco(arch);
         // A size that is not a multiple of the stride: the grid is ⌈H/8⌉ × ⌈W/8⌉.
         let image = Tensor::randn([2, 3, 70, 99], (Kind::Float, Device::Cpu));
         tensors.push(("image".into(), image.copy()));
@@ -365,7 +321,7 @@ fn layer3_features_match_videowalks_modified_torchvision_resnet() {
             dir.path().join(format!("{name}-features.safetensors")),
         );
         Tensor::write_safetensors(&tensors, &src).expect("write the weights");
-        let status = Command::new(python())
+        let status = Command::new(common::python())
             .arg(script())
             .arg("layer3")
             .arg(&src)
@@ -399,7 +355,7 @@ fn davis_fixture(root: &Path) -> PathBuf {
         .expect("the embedded run resolves")
         .dataset
         .path;
-    let status = Command::new(python())
+    let status = Command::new(common::python())
         .arg(script())
         .arg("fixture")
         .arg(&fashion)

@@ -36,12 +36,8 @@ const AP_TOLERANCE: f64 = 0.1;
 /// of dot products outside the solver differs).
 const WEIGHT_TOLERANCE: f64 = 1e-9;
 
-fn python() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
-}
-
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/svm_reference.py")
+    common::reference_script("svm_reference.py")
 }
 
 /// Writes the synthetic VOC root: `trainval` images from Fashion-MNIST's training split, `test`
@@ -51,7 +47,7 @@ fn voc_fixture(root: &Path, trainval: usize, test: usize) -> PathBuf {
         .expect("the embedded run resolves")
         .dataset
         .path;
-    let status = Command::new(python())
+    let status = Command::new(common::python())
         .arg(script())
         .arg("voc-fixture")
         .arg(&fashion)
@@ -82,7 +78,7 @@ struct ReferenceClass {
 }
 
 fn run_reference(input: &Path, params: &SvmParams, random_state: u32) -> Reference {
-    let out = Command::new(python())
+    let out = Command::new(common::python())
         .arg(script())
         .arg("svm")
         .arg(input)

@@ -27,12 +27,8 @@ use tch::{Device, Kind, Tensor};
 const SCORE_TOLERANCE: f64 = 1e-9;
 const CLASSES: usize = 21;
 
-fn python() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
-}
-
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/miou_reference.py")
+    common::reference_script("miou_reference.py")
 }
 
 #[derive(Deserialize)]
@@ -121,7 +117,7 @@ fn miou_equals_the_reference_meter_on_random_label_maps() {
         &input,
     )
     .expect("write the label maps");
-    let out = Command::new(python())
+    let out = Command::new(common::python())
         .arg(script())
         .arg("miou")
         .arg(&input)
@@ -206,7 +202,7 @@ fn voc_fixture(root: &Path, train: usize, val: usize) -> PathBuf {
         .expect("the embedded run resolves")
         .dataset
         .path;
-    let status = Command::new(python())
+    let status = Command::new(common::python())
         .arg(script())
         .arg("voc-seg-fixture")
         .arg(&fashion)
@@ -332,50 +328,6 @@ fn a_segment_retrieval_evaluation_lands_in_the_termination_log() {
     );
 }
 
-/// A ResNet whose batch-norm statistics and affine parameters are away from their initial 0/1,
-/// so the evaluation-mode normalisation is exercised; its `encoder_q.` tensors.
-fn perturbed_moco(arch: Arch) -> (Moco, Vec<(String, Tensor)>) {
-    tch::manual_seed(3);
-    let moco = Moco::new(
-        MocoSpec {
-            arch,
-            cifar_stem: false,
-            width: 64,
-            dim: 16,
-            queue_size: 32,
-            mlp: false,
-            momentum: 0.99,
-            temperature: 0.2,
-            knn: None,
-            shuffle_keys: false,
-        },
-        Device::Cpu,
-    );
-    let mut tensors = Vec::new();
-    tch::no_grad(|| {
-        for e in moco.params().entries() {
-            if !e.name.starts_with("encoder_q.") {
-                continue;
-            }
-            let leaf = e.name.rsplit('.').next().unwrap_or_default();
-            let mut t = e.tensor.shallow_clone();
-            if e.name.contains(".bn") || e.name.contains("downsample.1") {
-                match leaf {
-                    "running_var" | "weight" => {
-                        t.copy_(&(Tensor::rand_like(&t) + 0.5));
-                    }
-                    "running_mean" | "bias" => {
-                        t.copy_(&(Tensor::randn_like(&t) * 0.1));
-                    }
-                    _ => {}
-                }
-            }
-            tensors.push((e.name.clone(), e.tensor.detach().copy()));
-        }
-    });
-    (moco, tensors)
-}
-
 #[test]
 fn dilated_layer4_features_match_the_papers_dilated_torchvision_resnet() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -383,7 +335,7 @@ fn dilated_layer4_features_match_the_papers_dilated_torchvision_resnet() {
         (Arch::Resnet18, "resnet18", 512),
         (Arch::Resnet50, "resnet50", 2048),
     ] {
-        let (moco, mut tensors) = perturbed_moco(arch);
+        let (moco, mut tensors) = common::perturbed_moco(arch);
         let image = Tensor::randn([2, 3, 64, 96], (Kind::Float, Device::Cpu));
         tensors.push(("image".into(), image.copy()));
         let (src, dst) = (
@@ -391,11 +343,8 @@ fn dilated_layer4_features_match_the_papers_dilated_torchvision_resnet() {
             dir.path().join(format!("{name}-features.safetensors")),
         );
         Tensor::write_safetensors(&tensors, &src).expect("write the weights");
-        let status = Command::new(python())
-            .arg(
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../tests/reference/segmentation_reference.py"),
-            )
+        let status = Command::new(common::python())
+            .arg(common::reference_script("segmentation_reference.py"))
             .arg("layer4")
             .arg(&src)
             .arg(name)

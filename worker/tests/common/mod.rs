@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use kontrast_api::config::{KnnLossConfig, RunConfig};
+use kontrast_api::config::{Arch, KnnLossConfig, RunConfig};
 use kontrast_api::v1alpha1::PAPER_KNN_LOSS;
+use kontrast_worker::model::{Moco, MocoSpec};
 use kontrast_worker::train::config::{self, Overrides};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Variables of the rank contract and `kontrast train`'s environment-backed flags: none may leak
 /// in from the environment the tests run in.
@@ -397,4 +398,60 @@ impl TrainedRun {
         args.extend_from_slice(extra);
         kontrast(&self.dir, &args)
     }
+}
+
+/// A ResNet whose batch-norm statistics and affine parameters are away from their initial 0/1,
+/// so the evaluation-mode normalisation is exercised; its `encoder_q.` tensors.
+pub fn perturbed_moco(arch: Arch) -> (Moco, Vec<(String, Tensor)>) {
+    tch::manual_seed(3);
+    let moco = Moco::new(
+        MocoSpec {
+            arch,
+            cifar_stem: false,
+            width: 64,
+            dim: 16,
+            queue_size: 32,
+            mlp: false,
+            momentum: 0.99,
+            temperature: 0.2,
+            knn: None,
+            shuffle_keys: false,
+        },
+        Device::Cpu,
+    );
+    let mut tensors = Vec::new();
+    tch::no_grad(|| {
+        for e in moco.params().entries() {
+            if !e.name.starts_with("encoder_q.") {
+                continue;
+            }
+            let leaf = e.name.rsplit('.').next().unwrap_or_default();
+            let mut t = e.tensor.shallow_clone();
+            if e.name.contains(".bn") || e.name.contains("downsample.1") {
+                match leaf {
+                    "running_var" | "weight" => {
+                        t.copy_(&(Tensor::rand_like(&t) + 0.5));
+                    }
+                    "running_mean" | "bias" => {
+                        t.copy_(&(Tensor::randn_like(&t) * 0.1));
+                    }
+                    _ => {}
+                }
+            }
+            tensors.push((e.name.clone(), e.tensor.detach().copy()));
+        }
+    });
+    (moco, tensors)
+}
+
+/// The project virtualenv's Python (`make setup` creates it), which runs the references.
+pub fn python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
+}
+
+/// A script of `tests/reference/`.
+pub fn reference_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/reference")
+        .join(name)
 }
