@@ -18,7 +18,6 @@ use kontrast_worker::eval::davis::l2_normalize_channels;
 use kontrast_worker::eval::davis_metrics::{
     BOUND_TH, SequenceScorer, f_measure, jaccard, object_count, scored_frames, summarize,
 };
-use kontrast_worker::train::config::{self, Overrides};
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
@@ -351,22 +350,7 @@ fn layer3_features_match_videowalks_modified_torchvision_resnet() {
 
 /// Writes the synthetic DAVIS root.
 fn davis_fixture(root: &Path) -> PathBuf {
-    let fashion = config::standalone(&Overrides::default())
-        .expect("the embedded run resolves")
-        .dataset
-        .path;
-    let status = Command::new(common::python())
-        .arg(script())
-        .arg("fixture")
-        .arg(&fashion)
-        .arg(root)
-        .status()
-        .expect("run the Python reference (`make setup` installs the venv)");
-    assert!(
-        status.success(),
-        "the DAVIS fixture could not be written: {status}"
-    );
-    root.to_path_buf()
+    common::write_fixture("davis_reference.py", "fixture", root, &[])
 }
 
 #[test]

@@ -23,7 +23,6 @@ use kontrast_worker::eval::linear_svm::{
 };
 use kontrast_worker::eval::svm::{self, SvmParams};
 use kontrast_worker::model::{Moco, MocoSpec};
-use kontrast_worker::train::config::{self, Overrides};
 use serde::Deserialize;
 use tch::{Device, Tensor};
 
@@ -43,23 +42,12 @@ fn script() -> PathBuf {
 /// Writes the synthetic VOC root: `trainval` images from Fashion-MNIST's training split, `test`
 /// from its test split.
 fn voc_fixture(root: &Path, trainval: usize, test: usize) -> PathBuf {
-    let fashion = config::standalone(&Overrides::default())
-        .expect("the embedded run resolves")
-        .dataset
-        .path;
-    let status = Command::new(common::python())
-        .arg(script())
-        .arg("voc-fixture")
-        .arg(&fashion)
-        .arg(root)
-        .args([trainval.to_string(), test.to_string()])
-        .status()
-        .expect("run the Python reference (`make setup` installs the venv)");
-    assert!(
-        status.success(),
-        "the VOC fixture could not be written: {status}"
-    );
-    root.to_path_buf()
+    common::write_fixture(
+        "svm_reference.py",
+        "voc-fixture",
+        root,
+        &[trainval.to_string(), test.to_string()],
+    )
 }
 
 #[derive(Deserialize)]

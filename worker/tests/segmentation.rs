@@ -19,7 +19,6 @@ use kontrast_api::config::{
 use kontrast_data::segment::IGNORE;
 use kontrast_worker::eval::miou::ConfusionMatrix;
 use kontrast_worker::model::{Moco, MocoSpec};
-use kontrast_worker::train::config::{self, Overrides};
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
@@ -198,23 +197,12 @@ fn layer4_maps_average_to_the_pooled_features() {
 /// Writes the synthetic VOC segmentation root: `train` images from Fashion-MNIST's training
 /// split, `val` from its test split (`val` = 0: the training images again).
 fn voc_fixture(root: &Path, train: usize, val: usize) -> PathBuf {
-    let fashion = config::standalone(&Overrides::default())
-        .expect("the embedded run resolves")
-        .dataset
-        .path;
-    let status = Command::new(common::python())
-        .arg(script())
-        .arg("voc-seg-fixture")
-        .arg(&fashion)
-        .arg(root)
-        .args([train.to_string(), val.to_string()])
-        .status()
-        .expect("run the Python reference (`make setup` installs the venv)");
-    assert!(
-        status.success(),
-        "the VOC fixture could not be written: {status}"
-    );
-    root.to_path_buf()
+    common::write_fixture(
+        "miou_reference.py",
+        "voc-seg-fixture",
+        root,
+        &[train.to_string(), val.to_string()],
+    )
 }
 
 fn metric(result: &serde_json::Value, name: &str) -> f64 {

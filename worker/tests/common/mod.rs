@@ -455,3 +455,26 @@ pub fn reference_script(name: &str) -> PathBuf {
         .join("../tests/reference")
         .join(name)
 }
+
+/// Runs `tests/reference/<script> <command> <Fashion-MNIST dir> <root> <extra…>`: the reference
+/// scripts' fixture writers, which build data sets in the exact on-disk formats from the system's
+/// real Fashion-MNIST images. Returns `root`.
+pub fn write_fixture(script: &str, command: &str, root: &Path, extra: &[String]) -> PathBuf {
+    let fashion = config::standalone(&Overrides::default())
+        .expect("the embedded run resolves")
+        .dataset
+        .path;
+    let status = Command::new(python())
+        .arg(reference_script(script))
+        .arg(command)
+        .arg(&fashion)
+        .arg(root)
+        .args(extra)
+        .status()
+        .expect("run the Python reference (`make setup` installs the venv)");
+    assert!(
+        status.success(),
+        "{script} {command} could not write its fixture: {status}"
+    );
+    root.to_path_buf()
+}
