@@ -818,6 +818,17 @@ mod examples {
         assert_eq!((config.world.nodes, config.world.gpus_per_node), (2, 0));
         assert_eq!(config.recipe.arch, Arch::Resnet18);
         assert!(config.recipe.cifar_stem);
+        // The tuned small-data recipe of docs/training.md: 12 epochs at lr 0.12 with the kNN loss.
+        assert_eq!(config.recipe.epochs, 12);
+        assert_eq!(config.recipe.optimizer.lr, 0.12);
+        assert_eq!(
+            config.recipe.knn_loss,
+            Some(KnnLossConfig {
+                top_k: 20,
+                weight: 0.4,
+                warmup_epochs: 0
+            })
+        );
         assert_eq!(
             config.evaluations[0].task.kind(),
             crate::config::EvaluationKind::Knn

@@ -13,7 +13,8 @@ use super::error::TrainError;
 /// The quickstart run (`examples/quickstart.yaml`) on one machine: the small-data recipe of
 /// `docs/training.md` on Fashion-MNIST from Debian's `dataset-fashion-mnist` — MoCo v2 with a
 /// width-8 ResNet-18 at the images' full 28 px (CIFAR stem), which learns per epoch as fast as
-/// the full width for a fraction of the compute.
+/// the full width for a fraction of the compute, with the Revisiting kNN loss and lr 0.12: the
+/// variant whose kNN accuracy passes raw pixels within 15 minutes on two cores.
 fn quickstart_spec() -> Value {
     json!({
         "image": "kontrast",
@@ -25,10 +26,11 @@ fn quickstart_spec() -> Value {
             "arch": "resnet18",
             "width": 8,
             "cifarStem": true,
-            "epochs": 10,
+            "epochs": 12,
             "batchSize": 128,
-            "optimizer": {"lr": 0.06},
+            "optimizer": {"lr": 0.12},
             "moco": {"queueSize": 4096, "momentum": 0.99, "temperature": 0.1},
+            "knnLoss": {"topK": 20, "weight": 0.4, "warmupEpochs": 0},
             "crops": {"large": {"size": 28}}
         },
         "checkpoint": {"keep": 2}
@@ -97,7 +99,9 @@ mod tests {
         let config = standalone(&Overrides::default()).expect("quickstart resolves");
         assert_eq!(config.world.world_size, 1);
         assert_eq!(config.recipe.batch_size, 128);
-        assert_eq!((config.recipe.width, config.recipe.epochs), (8, 10));
+        assert_eq!((config.recipe.width, config.recipe.epochs), (8, 12));
+        let knn = config.recipe.knn_loss.expect("the quickstart uses the kNN loss");
+        assert_eq!((knn.top_k, knn.warmup_epochs), (20, 0));
     }
 
     #[test]
