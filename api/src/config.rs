@@ -253,9 +253,9 @@ pub struct CropsConfig {
 }
 
 impl CropsConfig {
-    /// Crops per image, large and small.
+    /// Crops per image, large and small (saturating: `resolve` checks the counts after summing).
     pub fn total(&self) -> u32 {
-        self.large.count + self.small.count
+        self.large.count.saturating_add(self.small.count)
     }
 }
 

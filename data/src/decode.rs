@@ -255,6 +255,16 @@ fn decode_png(bytes: &[u8]) -> Result<RgbImage, Reason> {
     let mut reader = decoder
         .read_info()
         .map_err(|e| format!("PNG header: {e}"))?;
+    // The png crate panics expanding a palette that is not whole RGB entries or holds more than
+    // 256 of them; the PNG specification makes both an error.
+    if let Some(palette) = reader.info().palette.as_deref()
+        && (palette.is_empty() || !palette.len().is_multiple_of(3) || palette.len() > 3 * 256)
+    {
+        return Err(format!(
+            "PNG header: a palette of {} bytes is not 1 to 256 RGB entries",
+            palette.len()
+        ));
+    }
     let size = reader.output_buffer_size().ok_or("PNG: output too large")?;
     let mut buf = vec![0u8; size];
     let frame = reader

@@ -32,7 +32,15 @@ impl IdxImages {
 
         let (dims, body) = parse_header(&images, 0x0803, 3).map_err(|r| bad(&images_path, r))?;
         let (n, height, width) = (dims[0], dims[1], dims[2]);
-        if body.len() < n * height * width {
+        if height == 0 || width == 0 {
+            return Err(bad(
+                &images_path,
+                format!("declares images of {height}×{width} pixels"),
+            ));
+        }
+        // The header is input: its product may not even fit a usize.
+        let size = n.checked_mul(height).and_then(|p| p.checked_mul(width));
+        let Some(size) = size.filter(|&s| s <= body.len()) else {
             return Err(bad(
                 &images_path,
                 format!(
@@ -40,7 +48,7 @@ impl IdxImages {
                     body.len()
                 ),
             ));
-        }
+        };
         let (ldims, lbody) = parse_header(&labels, 0x0801, 1).map_err(|r| bad(&labels_path, r))?;
         if ldims[0] != n || lbody.len() < n {
             return Err(bad(
@@ -57,14 +65,15 @@ impl IdxImages {
         Ok(Self {
             width,
             height,
-            pixels: body[..n * height * width].to_vec(),
+            pixels: body[..size].to_vec(),
             labels: lbody[..n].iter().map(|&l| l as u32).collect(),
         })
     }
 
     pub fn image(&self, i: usize) -> Option<&[u8]> {
         let size = self.width * self.height;
-        self.pixels.get(i * size..(i + 1) * size)
+        let start = i.checked_mul(size)?;
+        self.pixels.get(start..start.checked_add(size)?)
     }
 }
 

@@ -69,6 +69,14 @@ pub fn decode_mask(bytes: &[u8]) -> Result<Mask, Reason> {
     let frame = reader
         .next_frame(&mut buf)
         .map_err(|e| format!("mask PNG data: {e}"))?;
+    // An APNG's first frame may cover only part of the declared image; its rows are shorter.
+    if (frame.width as usize, frame.height as usize) != (width, height) {
+        return Err(format!(
+            "mask PNG's first frame is {}×{} inside a {width}×{height} image; a label mask \
+             must be one full frame",
+            frame.width, frame.height
+        ));
+    }
     let depth = frame.bit_depth as u8;
     match (frame.color_type, depth) {
         (png::ColorType::Indexed, 1 | 2 | 4 | 8) | (png::ColorType::Grayscale, 8) => {}

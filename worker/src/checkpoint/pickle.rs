@@ -72,6 +72,21 @@ pub struct Pickle {
     pub root: usize,
 }
 
+/// Most dimensions a tensor may have (PyTorch's own limit is lower).
+const MAX_DIMS: usize = 64;
+
+/// Most paths [`Pickle::leaves`] walks: far more than any checkpoint has entries, far fewer than
+/// a hostile pickle of containers that share one another (`[a, a]`, nested) spells out.
+pub const MAX_PATHS: usize = 1 << 18;
+
+/// A pickle whose containers, flattened into paths, would never end.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the pickle's containers refer to one another along more than {MAX_PATHS} paths; \
+     a torch.save checkpoint has far fewer"
+)]
+pub struct TooManyPaths;
+
 /// The storage classes `torch.save` names, with their element types.
 fn storage_kind(global: &str) -> Option<Kind> {
     Some(match global.strip_prefix("torch.")? {
@@ -211,6 +226,8 @@ impl Machine<'_> {
 
     fn ints(&self, i: usize) -> Option<Vec<i64>> {
         match self.objects.get(i)? {
+            // A shape longer than any tensor's is refused before it is copied.
+            Value::Seq(items) if items.len() > MAX_DIMS => None,
             Value::Seq(items) => items.iter().map(|&j| self.int(j)).collect(),
             _ => None,
         }
@@ -249,8 +266,10 @@ impl Machine<'_> {
             Value::Global(name) => name.clone(),
             other => return self.fail(format!("REDUCE applies {other:?}, not a global")),
         };
-        let args = match &self.objects[args] {
-            Value::Seq(items) => items.clone(),
+        // Only the first four arguments are ever used: a hostile pickle may apply many globals
+        // to one huge memoised tuple, and copying it each time would be quadratic.
+        let args: Vec<usize> = match &self.objects[args] {
+            Value::Seq(items) => items.iter().take(4).copied().collect(),
             _ => return self.fail(format!("REDUCE of {name} without an argument tuple")),
         };
         match name.as_str() {
@@ -285,7 +304,12 @@ impl Machine<'_> {
             // A Parameter pickles as its data tensor plus flags.
             "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
                 match args.first() {
-                    Some(&data) => Ok(self.objects[data].clone()),
+                    // Only a tensor is imported; copying anything else (a huge list, say) for
+                    // every application would be quadratic again.
+                    Some(&data) => Ok(match &self.objects[data] {
+                        Value::Tensor(t) => Value::Tensor(t.clone()),
+                        _ => Value::Opaque(name),
+                    }),
                     None => self.fail(format!("{name} without arguments")),
                 }
             }
@@ -526,18 +550,28 @@ impl Pickle {
     /// Every leaf worth importing under its dotted path (`state_dict.module.conv1.weight`):
     /// tensors, integers and strings. Dict keys that are strings or integers name the path;
     /// sequence items are numbered.
-    pub fn leaves(&self) -> Vec<(String, &Value)> {
+    pub fn leaves(&self) -> Result<Vec<(String, &Value)>, TooManyPaths> {
         let mut out = Vec::new();
-        self.walk(self.root, String::new(), &mut out, 0);
-        out
+        let mut budget = MAX_PATHS;
+        self.walk(self.root, String::new(), &mut out, 0, &mut budget)?;
+        Ok(out)
     }
 
-    fn walk<'a>(&'a self, i: usize, path: String, out: &mut Vec<(String, &'a Value)>, depth: u32) {
+    fn walk<'a>(
+        &'a self,
+        i: usize,
+        path: String,
+        out: &mut Vec<(String, &'a Value)>,
+        depth: u32,
+        budget: &mut usize,
+    ) -> Result<(), TooManyPaths> {
         // A self-referencing container cannot come from torch.save; the bound keeps a hostile
         // file from recursing without end.
         if depth > 64 {
-            return;
+            return Ok(());
         }
+        // Containers shared along many paths (or with themselves) multiply: bound the walk.
+        *budget = budget.checked_sub(1).ok_or(TooManyPaths)?;
         let join = |key: &str| {
             if path.is_empty() {
                 key.to_string()
@@ -553,17 +587,18 @@ impl Pickle {
                         Value::Int(n) => n.to_string(),
                         _ => continue,
                     };
-                    self.walk(v, join(&key), out, depth + 1);
+                    self.walk(v, join(&key), out, depth + 1, budget)?;
                 }
             }
             Value::Seq(items) => {
                 for (n, &item) in items.iter().enumerate() {
-                    self.walk(item, join(&n.to_string()), out, depth + 1);
+                    self.walk(item, join(&n.to_string()), out, depth + 1, budget)?;
                 }
             }
             leaf @ (Value::Tensor(_) | Value::Int(_) | Value::Str(_)) => out.push((path, leaf)),
             _ => {}
         }
+        Ok(())
     }
 }
 
@@ -593,6 +628,7 @@ mod tests {
         let p = decode(data).expect("decodes");
         let leaves: Vec<(String, Value)> = p
             .leaves()
+            .expect("a few paths")
             .into_iter()
             .map(|(k, v)| (k, v.clone()))
             .collect();

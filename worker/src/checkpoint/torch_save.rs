@@ -11,6 +11,9 @@ use tch::Tensor;
 
 use super::pickle::{self, TensorRef, Value};
 
+/// Deflate expands at most 1032-fold; no record may declare more per compressed byte.
+const MAX_EXPANSION: u64 = 1032;
+
 /// A `torch.save` file that could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {reason}")]
@@ -39,6 +42,7 @@ pub fn read(path: &Path) -> Result<TorchSave, TorchSaveError> {
         reason,
     };
     let file = File::open(path).map_err(|e| fail(e.to_string()))?;
+    let file_len = file.metadata().map_err(|e| fail(e.to_string()))?.len();
     let mut zip = zip::ZipArchive::new(file).map_err(|e| {
         fail(format!(
             "not a torch.save zip container ({e}); files from PyTorch before 1.6 must be \
@@ -52,14 +56,32 @@ pub fn read(path: &Path) -> Result<TorchSave, TorchSaveError> {
         .ok_or_else(|| fail("the container has no data.pkl".into()))?;
     let root = pkl.trim_end_matches("data.pkl").to_string();
     let mut record = |name: &str| -> Result<Vec<u8>, TorchSaveError> {
-        let mut entry = zip
+        let entry = zip
             .by_name(name)
             .map_err(|e| fail(format!("record {name}: {e}")))?;
-        // The header's size is only a hint: a hostile one must not reserve memory up front.
-        let mut bytes = Vec::with_capacity(usize::try_from(entry.size()).unwrap_or(0).min(1 << 26));
+        let declared = entry.size();
+        // PyTorch stores records uncompressed. A compressed one may not claim more than deflate
+        // can expand to, nor deliver more than it claims: a few hostile bytes must not inflate
+        // into gigabytes.
+        if declared > entry.compressed_size().saturating_mul(MAX_EXPANSION) {
+            return Err(fail(format!(
+                "record {name} declares {declared} bytes from {} compressed bytes",
+                entry.compressed_size()
+            )));
+        }
+        // The header's size is only a hint: a hostile one must not reserve more memory up front
+        // than the file has bytes.
+        let reserve = declared.min(file_len).min(1 << 26);
+        let mut bytes = Vec::with_capacity(usize::try_from(reserve).unwrap_or(0));
         entry
+            .take(declared.saturating_add(1))
             .read_to_end(&mut bytes)
             .map_err(|e| fail(format!("record {name}: {e}")))?;
+        if bytes.len() as u64 > declared {
+            return Err(fail(format!(
+                "record {name} holds more than the {declared} bytes its header declares"
+            )));
+        }
         Ok(bytes)
     };
     // Absent in files of old writers, which were all little-endian.
@@ -75,7 +97,8 @@ pub fn read(path: &Path) -> Result<TorchSave, TorchSaveError> {
 
     let mut storages: HashMap<String, Tensor> = HashMap::new();
     let mut out = TorchSave::default();
-    for (name, leaf) in decoded.leaves() {
+    let leaves = decoded.leaves().map_err(|e| fail(e.to_string()))?;
+    for (name, leaf) in leaves {
         match leaf {
             Value::Tensor(t) => {
                 if !storages.contains_key(&t.key) {
@@ -135,6 +158,16 @@ fn view(storage: &Tensor, t: &TensorRef) -> Result<Tensor, String> {
         return Err(format!(
             "shape {:?} with strides {:?} at offset {} exceeds its storage of {numel} elements",
             t.size, t.stride, t.offset
+        ));
+    }
+    // A view with more elements than its storage repeats them (a stride of 0, overlapping
+    // strides); copied out contiguous, a few bytes of file could ask for terabytes.
+    let elements = t.size.iter().try_fold(1i64, |n, &d| n.checked_mul(d));
+    if elements.is_none_or(|n| n > numel) {
+        return Err(format!(
+            "shape {:?} with strides {:?} repeats the elements of its storage of {numel}; \
+             a saved parameter or buffer never does",
+            t.size, t.stride
         ));
     }
     storage
