@@ -737,7 +737,9 @@ async fn a_rank_that_keeps_failing_exhausts_max_restarts_and_fails_the_run_with_
 
 /// Invalid runs against the real apiserver: each is refused by the CRD schema (422 naming the
 /// field) or accepted and then marked `InvalidSpec` by the operator naming the field; either way
-/// no owned object appears.
+/// no owned object appears. Hostile values (huge or mistyped numbers, path traversal, system
+/// host paths, absurd resources, unicode names) included; docs/hostile-input.md lists the cases.
+/// Unknown fields are pruned rather than refused, and the operator still runs a valid run after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_specs_are_refused_or_marked_invalid_naming_the_field_and_create_nothing() {
     let h = Harness::start("op-invalid-table").await;
@@ -863,24 +865,192 @@ async fn invalid_specs_are_refused_or_marked_invalid_naming_the_field_and_create
             json!({}),
             "metadata.name",
         ),
+        // Hostile input: numbers far out of range or of the wrong type.
+        (
+            "epochs-ten-to-the-twelve",
+            json!({"recipe": {"epochs": 1_000_000_000_000u64}}),
+            "spec.recipe.epochs",
+        ),
+        (
+            "batch-two-to-the-forty",
+            json!({"recipe": {"batchSize": 1u64 << 40}}),
+            "spec.recipe.batchSize",
+        ),
+        (
+            "queue-beyond-the-limit",
+            json!({"recipe": {"moco": {"queueSize": 2_097_152}}}),
+            "spec.recipe.moco.queueSize",
+        ),
+        (
+            "lr-1e308",
+            json!({"recipe": {"optimizer": {"lr": 1e308}}}),
+            "spec.recipe.optimizer.lr",
+        ),
+        (
+            "float-epochs",
+            json!({"recipe": {"epochs": 1.5}}),
+            "spec.recipe.epochs",
+        ),
+        (
+            "string-batch-size",
+            json!({"recipe": {"batchSize": "4"}}),
+            "spec.recipe.batchSize",
+        ),
+        ("float-nodes", json!({"nodes": 2.5}), "spec.nodes"),
+        (
+            "negative-gpus",
+            json!({"gpusPerNode": -1}),
+            "spec.gpusPerNode",
+        ),
+        (
+            "crop-of-100000-pixels",
+            json!({"recipe": {"crops": {"large": {"size": 100_000}}}}),
+            "spec.recipe.crops.large.size",
+        ),
+        (
+            "master-port-70000",
+            json!({"masterPort": 70_000}),
+            "spec.masterPort",
+        ),
+        (
+            // Syntactically a duration; kube's own parser would overflow on it.
+            "stall-timeout-overflowing",
+            json!({"failurePolicy": {"stallTimeout": "99999999999999999999h"}}),
+            "spec.failurePolicy.stallTimeout",
+        ),
+        (
+            // 1024 × 16 = 16384 ranks, each within its limit, for a batch of 4.
+            "gang-of-16384-ranks",
+            json!({"nodes": 1024, "gpusPerNode": 16}),
+            "spec.recipe.batchSize",
+        ),
+        // Paths that climb out or point at the node's system directories.
+        (
+            "checkpoint-mount-traversal",
+            json!({"checkpoint": {"volume": {"mountPath": "/checkpoints/../etc", "persistentVolumeClaim": {"claimName": "runs"}}}}),
+            "spec.checkpoint.volume.mountPath",
+        ),
+        (
+            "checkpoint-host-path-traversal",
+            json!({"checkpoint": {"volume": {"hostPath": {"path": "/var/lib/kontrast/../../../etc"}}}}),
+            "spec.checkpoint.volume.hostPath.path",
+        ),
+        (
+            "checkpoint-on-the-node-root",
+            json!({"checkpoint": {"volume": {"hostPath": {"path": "/"}}}}),
+            "spec.checkpoint.volume.hostPath.path",
+        ),
+        (
+            "dataset-on-the-docker-socket",
+            json!({"dataset": {"volume": {"hostPath": {"path": "/var/run/docker.sock"}}}}),
+            "spec.dataset.volume.hostPath.path",
+        ),
+        (
+            "dataset-on-etc-double-slash",
+            json!({"dataset": {"volume": {"hostPath": {"path": "//etc"}}}}),
+            "spec.dataset.volume.hostPath.path",
+        ),
+        (
+            "annotations-traversal",
+            json!({"dataset": {"format": "flat", "annotations": "/data/x/../../etc/shadow"}}),
+            "spec.dataset.annotations",
+        ),
+        (
+            "dataset-path-of-1100-chars",
+            json!({"dataset": {"path": format!("/{}", "a".repeat(1100))}}),
+            "spec.dataset.path",
+        ),
+        (
+            "evaluation-path-traversal",
+            json!({"evaluations": [{"name": "knn", "kind": "knn", "dataset": {"format": "imagefolder", "path": "/data/x/../../etc"}}]}),
+            "spec.evaluations[0].dataset.path",
+        ),
+        (
+            "evaluation-on-kubelet-state",
+            json!({"evaluations": [{"name": "knn", "kind": "knn", "dataset": {"format": "imagefolder", "path": "/data/x", "volume": {"hostPath": {"path": "/var/lib/kubelet"}}}}]}),
+            "spec.evaluations[0].dataset.volume.hostPath.path",
+        ),
+        // Absurd or malformed resource asks.
+        (
+            "negative-cpu",
+            json!({"resources": {"requests": {"cpu": "-1"}}}),
+            "spec.resources.requests.cpu",
+        ),
+        (
+            "malformed-memory",
+            json!({"resources": {"requests": {"memory": "1 Ei"}}}),
+            "spec.resources.requests.memory",
+        ),
+        (
+            "exbibyte-request-over-limit",
+            json!({"resources": {"requests": {"memory": "1Ei"}, "limits": {"memory": "1Gi"}}}),
+            "spec.resources.requests.memory",
+        ),
+        (
+            "unknown-resource-name",
+            json!({"resources": {"requests": {"gpu": "1"}}}),
+            "spec.resources.requests.gpu",
+        ),
+        (
+            "gpus-through-resources",
+            json!({"resources": {"limits": {"nvidia.com/gpu": "8"}}}),
+            "spec.resources.limits.nvidia.com/gpu",
+        ),
+        // Names and strings.
+        (
+            "unicode-evaluation-name",
+            json!({"evaluations": [eval("knn-ü")]}),
+            "spec.evaluations[0].name",
+        ),
+        (
+            "evaluation-name-of-64-chars",
+            json!({"evaluations": [eval(&"k".repeat(64))]}),
+            "spec.evaluations[0].name",
+        ),
+        (
+            "too-many-evaluations",
+            json!({"evaluations": (0..17).map(|i| eval(&format!("knn-{i}"))).collect::<Vec<_>>()}),
+            "spec.evaluations",
+        ),
+        ("läuft", json!({}), "metadata.name"),
+        ("Capital-Run", json!({}), "metadata.name"),
+        (
+            "image-with-whitespace",
+            json!({"image": "ghcr.io/kontrast-dev/kontrast standin:test"}),
+            "spec.image",
+        ),
+        (
+            "image-of-2000-chars",
+            json!({"image": format!("ghcr.io/{}:test", "a".repeat(2000))}),
+            "spec.image",
+        ),
+        (
+            "pushgateway-file-url",
+            json!({"metrics": {"pushgateway": "file:///etc/passwd"}}),
+            "spec.metrics.pushgateway",
+        ),
+        (
+            "node-selector-bad-key",
+            json!({"scheduling": {"nodeSelector": {"bad key!": "x"}}}),
+            "spec.scheduling.nodeSelector.bad key!",
+        ),
+        (
+            "toleration-unknown-operator",
+            json!({"scheduling": {"tolerations": [{"key": "gpu", "operator": "In"}]}}),
+            "spec.scheduling.tolerations[0].operator",
+        ),
     ];
     let runs: Api<ContrastiveRun> = Api::namespaced(h.tc.client.clone(), &ns);
+    let dynamic_runs: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        h.tc.client.clone(),
+        &ns,
+        &kube::api::ApiResource::erase::<ContrastiveRun>(&()),
+    );
     let mut accepted = Vec::new();
+    let mut outcomes = Vec::new();
     for (name, patch, field) in &cases {
-        let mut spec = json!({
-            "image": "ghcr.io/kontrast-dev/kontrast-standin:test", "nodes": 2,
-            "dataset": {"format": "imagefolder", "path": "/data/x"},
-            "recipe": {"preset": "mocov2", "arch": "resnet18", "epochs": 1, "batchSize": 4, "moco": {"queueSize": 64}},
-        });
-        merge(&mut spec, patch);
-        let body = json!({"apiVersion": "kontrast.dev/v1alpha1", "kind": "ContrastiveRun", "metadata": {"name": name}, "spec": spec});
-        let dynamic: kube::api::DynamicObject = serde_json::from_value(body).unwrap();
-        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
-            h.tc.client.clone(),
-            &ns,
-            &kube::api::ApiResource::erase::<ContrastiveRun>(&()),
-        );
-        match api.create(&PostParams::default(), &dynamic).await {
+        let body = run_object(name, patch);
+        match dynamic_runs.create(&PostParams::default(), &body).await {
             Err(kube::Error::Api(s)) => {
                 assert_eq!(s.code, 422, "{name}: {s:?}");
                 // The 1.20 apiserver names list items without their index (spec.evaluations.name).
@@ -893,6 +1063,7 @@ async fn invalid_specs_are_refused_or_marked_invalid_naming_the_field_and_create
                     "{name}: refusal does not name {field}: {}",
                     s.message
                 );
+                outcomes.push((*name, "refused (422)", *field));
             }
             Err(e) => panic!("{name}: {e}"),
             Ok(_) => accepted.push((*name, *field)),
@@ -913,9 +1084,15 @@ async fn invalid_specs_are_refused_or_marked_invalid_naming_the_field_and_create
             "{name}: InvalidSpec does not name {field}: {}",
             ready.message
         );
+        outcomes.push((*name, "InvalidSpec", *field));
+    }
+    // The table of docs/hostile-input.md.
+    for (name, outcome, field) in &outcomes {
+        eprintln!("| {name} | {outcome} | {field} |");
     }
     eprintln!(
-        "{} refused by the schema, {} marked InvalidSpec by the operator",
+        "{} cases: {} refused by the schema, {} marked InvalidSpec by the operator",
+        cases.len(),
         cases.len() - accepted.len(),
         accepted.len()
     );
@@ -937,7 +1114,69 @@ async fn invalid_specs_are_refused_or_marked_invalid_naming_the_field_and_create
             .items
             .is_empty()
     );
+
+    // Unknown fields are neither refused nor kept: the structural schema prunes them, so a
+    // field the API does not have (a subPath, hostNetwork) cannot reach the pods.
+    let unknown = run_object(
+        "unknown-fields",
+        &json!({
+            "hostNetwork": true,
+            "privileged": true,
+            "checkpoint": {"subPath": "../../etc"},
+            "dataset": {"volume": {"hostPath": {"path": "/data/x", "type": "Socket"}}},
+        }),
+    );
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let pruned = dynamic_runs
+        .create(&dry_run, &unknown)
+        .await
+        .expect("unknown fields are pruned, not refused");
+    let spec = &pruned.data["spec"];
+    assert!(spec.get("hostNetwork").is_none(), "{spec}");
+    assert!(spec.get("privileged").is_none(), "{spec}");
+    assert!(spec["checkpoint"].get("subPath").is_none(), "{spec}");
+    assert!(
+        spec["dataset"]["volume"]["hostPath"].get("type").is_none(),
+        "{spec}"
+    );
+    assert_eq!(spec["dataset"]["volume"]["hostPath"]["path"], "/data/x");
+
+    // After all that, the operator still reconciles a valid run: its gang appears.
+    dynamic_runs
+        .create(
+            &PostParams::default(),
+            &run_object("still-works", &json!({})),
+        )
+        .await
+        .expect("the valid run is accepted");
+    let pods = wait::until(
+        "the valid run's worker pods",
+        T,
+        Duration::from_millis(300),
+        || async {
+            let names = h.worker_pod_names(&ns, "still-works").await;
+            (names.len() == 2).then_some(names)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(pods.len(), 2);
     h.finish().await;
+}
+
+/// A run of the invalid-spec table: its small valid base spec with `patch` merged in.
+fn run_object(name: &str, patch: &serde_json::Value) -> kube::api::DynamicObject {
+    let mut spec = json!({
+        "image": "ghcr.io/kontrast-dev/kontrast-standin:test", "nodes": 2,
+        "dataset": {"format": "imagefolder", "path": "/data/x"},
+        "recipe": {"preset": "mocov2", "arch": "resnet18", "epochs": 1, "batchSize": 4, "moco": {"queueSize": 64}},
+    });
+    merge(&mut spec, patch);
+    let body = json!({"apiVersion": "kontrast.dev/v1alpha1", "kind": "ContrastiveRun", "metadata": {"name": name}, "spec": spec});
+    serde_json::from_value(body).expect("a ContrastiveRun object")
 }
 
 fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {

@@ -36,7 +36,11 @@ pub struct DatasetSpec {
 /// A volume: exactly one of `persistentVolumeClaim`, `hostPath` or `nfs`.
 #[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = rules::exactly_one_volume_source())]
+#[x_kube(
+    validation = rules::exactly_one_volume_source(),
+    validation = rules::host_path_plain(),
+    validation = rules::host_path_not_system()
+)]
 pub struct DataVolume {
     /// Absolute path the volume is mounted at. Defaults to the `path` of the dataset it holds
     /// (`/checkpoints` for the checkpoint volume); that path must be the mount path or lie below it.
@@ -70,7 +74,10 @@ pub struct PvcVolume {
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HostPathVolume {
-    /// Absolute path of the directory on the node.
+    /// Absolute path of the directory on the node, written plainly (no `//` or `.` components).
+    /// It may not be `/` nor be, contain or lie inside a system directory of the node (`/etc`,
+    /// `/proc`, `/sys`, `/dev`, `/run`, `/var/run`, `/var/lib/kubelet`, the container runtimes'
+    /// state, …): a run has no business there, and the checkpoint volume is mounted writable.
     #[schemars(length(min = 1, max = MAX_PATH_LENGTH), pattern(ABSOLUTE_PATH_PATTERN))]
     pub path: String,
 }

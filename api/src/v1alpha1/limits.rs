@@ -85,9 +85,31 @@ pub const DNS_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// Regular expression of a Go duration as Kubernetes writes them (`90s`, `15m`, `1h30m`).
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
-/// Regular expression of a Kubernetes resource quantity written as a string.
-pub const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+/// Regular expression of a Kubernetes resource quantity written as a string, without a minus
+/// sign: Kubernetes refuses pods that ask for negative amounts.
+pub const QUANTITY_PATTERN: &str = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
 /// Regular expression of an `http://` URL.
 pub const HTTP_URL_PATTERN: &str = r"^http://[^\s/?#]+([/?#]\S*)?$";
 /// Regular expression of a label value (empty allowed by Kubernetes, not here).
 pub const LABEL_VALUE_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$";
+
+/// Node directories a `hostPath` volume may not be, lie inside or contain (so `/` and `/var` are
+/// refused too): the node's configuration, kernel interfaces, devices, the container runtimes'
+/// sockets and state, the kubelet's state (every pod's secrets and tokens) and the logs. A
+/// deny-list cannot foresee every sensitive directory or symlink on a node; it stops the
+/// dangerous mounts a run has no reason to ask for.
+pub const FORBIDDEN_HOST_PATHS: [&str; 13] = [
+    "/boot",
+    "/dev",
+    "/etc",
+    "/proc",
+    "/root",
+    "/run",
+    "/sys",
+    "/var/lib/containerd",
+    "/var/lib/docker",
+    "/var/lib/etcd",
+    "/var/lib/kubelet",
+    "/var/log",
+    "/var/run",
+];

@@ -163,7 +163,12 @@ impl Checker {
             );
         }
         if let Some(host) = &volume.host_path {
-            self.path(&format!("{field}.hostPath.path"), &host.path);
+            let at = format!("{field}.hostPath.path");
+            let errors = self.violations.len();
+            self.path(&at, &host.path);
+            if self.violations.len() == errors {
+                self.host_path(&at, &host.path);
+            }
         }
         if let Some(nfs) = &volume.nfs {
             self.length(
@@ -172,6 +177,25 @@ impl Checker {
                 MAX_DNS_SUBDOMAIN_LENGTH,
             );
             self.path(&format!("{field}.nfs.path"), &nfs.path);
+        }
+    }
+
+    /// A node directory the pods may mount: not one that exposes the node (see
+    /// [`FORBIDDEN_HOST_PATHS`]).
+    fn host_path(&mut self, field: &str, path: &str) {
+        if !is_plain_path(path) {
+            self.fail(
+                field,
+                format!("must be written plainly, without '//' or '.' components; not {path:?}"),
+            );
+        } else if is_system_host_path(path) {
+            self.fail(
+                field,
+                format!(
+                    "{path:?} must not be, contain or lie inside a system directory of the node ({}); use a directory of its own, e.g. /var/lib/kontrast/data",
+                    FORBIDDEN_HOST_PATHS.join(", ")
+                ),
+            );
         }
     }
 
@@ -471,8 +495,25 @@ fn check_resources(c: &mut Checker, field: &str, resources: &Resources) {
                     &at,
                     "GPUs are requested through spec.gpusPerNode, not spec.resources".into(),
                 );
+            } else if !name.contains('/')
+                && !["cpu", "memory", "ephemeral-storage"].contains(&name.as_str())
+                && !name.starts_with("hugepages-")
+            {
+                // Kubernetes refuses pods asking for other unqualified names.
+                c.fail(
+                    &at,
+                    format!("{name:?} is not a container resource: use cpu, memory, ephemeral-storage, hugepages-<size> or a qualified extended resource such as example.com/widget"),
+                );
             }
-            if !is_quantity(&quantity.0) {
+            if quantity.0.strip_prefix('-').is_some_and(is_quantity) {
+                c.fail(
+                    &at,
+                    format!(
+                        "{:?} is negative: use an amount of at least 0, e.g. 500m",
+                        quantity.0
+                    ),
+                );
+            } else if !is_quantity(&quantity.0) {
                 c.fail(
                     &at,
                     format!(
@@ -481,6 +522,24 @@ fn check_resources(c: &mut Checker, field: &str, resources: &Resources) {
                     ),
                 );
             }
+        }
+    }
+    // Kubernetes refuses a pod whose request exceeds its limit: the run would never start.
+    for (name, request) in &resources.requests {
+        let limit = resources.limits.get(name);
+        if let (Some(r), Some(l)) = (
+            quantity_value(&request.0),
+            limit.and_then(|l| quantity_value(&l.0)),
+        ) && r > l + l.abs() * 1e-12
+        {
+            c.fail(
+                &format!("{field}.requests.{name}"),
+                format!(
+                    "{:?} exceeds {field}.limits.{name} ({:?}): a request must not be more than its limit",
+                    request.0,
+                    limit.map(|l| l.0.as_str()).unwrap_or_default()
+                ),
+            );
         }
     }
 }

@@ -257,3 +257,31 @@ pub(crate) fn immutable(field: &str) -> Rule {
         )))
         .reason(Reason::FieldValueForbidden)
 }
+
+/// A host path is written plainly, so the system-directory rule can compare it as text.
+pub(crate) fn host_path_plain() -> Rule {
+    invalid(
+        "!has(self.hostPath) || !(self.hostPath.path.contains('//') || self.hostPath.path.contains('/./') || self.hostPath.path.endsWith('/.'))".into(),
+        ".hostPath.path",
+        "hostPath.path must be written plainly: no '//' and no '.' components",
+    )
+}
+
+/// A host path does not expose the node's system directories.
+pub(crate) fn host_path_not_system() -> Rule {
+    let dirs: Vec<String> = super::limits::FORBIDDEN_HOST_PATHS
+        .iter()
+        .map(|d| format!("'{d}'"))
+        .collect();
+    invalid(
+        format!(
+            "!has(self.hostPath) || ![{}].exists(d, self.hostPath.path == d || self.hostPath.path.startsWith(d + '/') || d.startsWith(self.hostPath.path.endsWith('/') ? self.hostPath.path : self.hostPath.path + '/'))",
+            dirs.join(", ")
+        ),
+        ".hostPath.path",
+        &format!(
+            "hostPath.path must not be, contain or lie inside a system directory of the node ({}); use a directory of its own, e.g. /var/lib/kontrast/data",
+            super::limits::FORBIDDEN_HOST_PATHS.join(", ")
+        ),
+    )
+}

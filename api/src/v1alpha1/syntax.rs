@@ -6,6 +6,26 @@ pub(crate) fn is_clean_absolute_path(path: &str) -> bool {
     path.starts_with('/') && !path.split('/').any(|c| c == "..")
 }
 
+/// A path written plainly: no empty (`//`) and no `.` components, so comparing it with a
+/// directory as text compares the directories. A trailing `/` is allowed.
+pub(crate) fn is_plain_path(path: &str) -> bool {
+    !path.contains("//") && !path.split('/').any(|c| c == ".")
+}
+
+/// A plainly written path that is, lies inside or contains one of
+/// [`FORBIDDEN_HOST_PATHS`](super::limits::FORBIDDEN_HOST_PATHS).
+pub(crate) fn is_system_host_path(path: &str) -> bool {
+    let dir = path.trim_end_matches('/');
+    super::limits::FORBIDDEN_HOST_PATHS.iter().any(|d| {
+        dir == *d
+            || dir
+                .strip_prefix(d)
+                .is_some_and(|rest| rest.starts_with('/'))
+            || d.strip_prefix(dir)
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
 fn is_lower_alnum(c: char) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit()
 }
@@ -44,9 +64,9 @@ pub(crate) fn is_label_key(s: &str) -> bool {
         && is_label_value(name)
 }
 
-/// A resource quantity as Kubernetes writes it (`500m`, `32`, `200Gi`, `1e3`).
+/// A resource quantity as Kubernetes writes it (`500m`, `32`, `200Gi`, `1e3`), not negative.
 pub(crate) fn is_quantity(s: &str) -> bool {
-    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let s = s.strip_prefix('+').unwrap_or(s);
     let number_end = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
@@ -62,6 +82,44 @@ pub(crate) fn is_quantity(s: &str) -> bool {
             .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
             .is_some_and(is_decimal),
     }
+}
+
+/// The amount a [quantity](is_quantity) stands for, as a float (close enough to compare a
+/// request with its limit); `None` if it is not one.
+pub(crate) fn quantity_value(s: &str) -> Option<f64> {
+    if !is_quantity(s) {
+        return None;
+    }
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let number_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(number_end);
+    // Rust reads `1.` and `.5` as Kubernetes does.
+    let number: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 2f64.powi(10),
+        "Mi" => 2f64.powi(20),
+        "Gi" => 2f64.powi(30),
+        "Ti" => 2f64.powi(40),
+        "Pi" => 2f64.powi(50),
+        "Ei" => 2f64.powi(60),
+        exponent => {
+            let e: f64 = exponent.get(1..)?.parse().ok()?;
+            10f64.powf(e)
+        }
+    };
+    Some(number * scale)
 }
 
 /// `digits`, `digits.`, `digits.digits` or `.digits`.
@@ -211,6 +269,67 @@ mod tests {
                 "pushgateway:9091",
             ],
         );
+    }
+
+    #[test]
+    fn quantities_are_valued_like_kubernetes() {
+        for (q, v) in [
+            ("32", 32.0),
+            ("500m", 0.5),
+            ("1.", 1.0),
+            (".5", 0.5),
+            ("+2", 2.0),
+            ("1Ki", 1024.0),
+            ("200Gi", 200.0 * 1024f64.powi(3)),
+            ("1e3", 1000.0),
+            ("1E-3", 0.001),
+            ("2k", 2000.0),
+        ] {
+            let got = quantity_value(q);
+            assert!(
+                got.is_some_and(|g| (g - v).abs() <= v * 1e-12),
+                "{q}: {got:?}"
+            );
+        }
+        for q in ["-1", "lots", "", "1 Gi"] {
+            assert_eq!(quantity_value(q), None, "{q}");
+        }
+        assert!(quantity_value("1e400").is_some_and(f64::is_infinite));
+    }
+
+    #[test]
+    fn system_host_paths_are_recognised_however_they_are_nested() {
+        for p in [
+            "/",
+            "/etc",
+            "/etc/",
+            "/etc/kubernetes",
+            "/var",
+            "/var/",
+            "/var/lib",
+            "/var/run/docker.sock",
+            "/run/containerd/containerd.sock",
+            "/var/lib/kubelet/pods",
+            "/proc/1/root",
+        ] {
+            assert!(is_system_host_path(p), "{p}");
+        }
+        for p in [
+            "/data",
+            "/data/etc",
+            "/etcetera",
+            "/var/lib/kontrast/checkpoints",
+            "/usr/share/datasets",
+            "/srv/run",
+        ] {
+            assert!(!is_system_host_path(p), "{p}");
+        }
+        for p in ["//etc", "/./etc", "/data/.", "/data//x"] {
+            assert!(!is_plain_path(p), "{p}");
+        }
+        for p in ["/", "/data/", "/a/.hidden", "/a/..b"] {
+            assert!(is_plain_path(p), "{p}");
+        }
     }
 
     #[test]

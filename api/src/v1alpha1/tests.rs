@@ -382,6 +382,54 @@ fn invalid_specs() -> Vec<Case> {
             "spec.scheduling.tolerations[0].operator",
             OperatorOnly,
         ),
+        case(
+            "stall timeout overflowing every duration type",
+            json!({"failurePolicy": {"stallTimeout": "99999999999999999999h"}}),
+            "spec.failurePolicy.stallTimeout",
+            At("spec.failurePolicy.stallTimeout"),
+        ),
+        case(
+            "negative cpu request",
+            json!({"resources": {"requests": {"cpu": "-1"}}}),
+            "spec.resources.requests.cpu",
+            At("spec.resources.requests.cpu"),
+        ),
+        case(
+            "memory request above its limit",
+            json!({"resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}}),
+            "spec.resources.requests.memory",
+            OperatorOnly,
+        ),
+        case(
+            "resource name kubernetes does not know",
+            json!({"resources": {"requests": {"gpu": "1"}}}),
+            "spec.resources.requests.gpu",
+            OperatorOnly,
+        ),
+        case(
+            "checkpoints on the node's root",
+            json!({"checkpoint": {"volume": {"persistentVolumeClaim": null, "hostPath": {"path": "/"}}}}),
+            "spec.checkpoint.volume.hostPath.path",
+            At("spec.checkpoint.volume.hostPath.path"),
+        ),
+        case(
+            "docker socket as the dataset volume",
+            json!({"dataset": {"volume": {"hostPath": {"path": "/var/run/docker.sock"}}}}),
+            "spec.dataset.volume.hostPath.path",
+            At("spec.dataset.volume.hostPath.path"),
+        ),
+        case(
+            "host path hiding /etc behind a double slash",
+            json!({"dataset": {"volume": {"hostPath": {"path": "//etc"}}}}),
+            "spec.dataset.volume.hostPath.path",
+            At("spec.dataset.volume.hostPath.path"),
+        ),
+        case(
+            "evaluation data above the kubelet's state",
+            json!({"evaluations": [eval(json!({"dataset": {"volume": {"hostPath": {"path": "/var/lib"}}}}))]}),
+            "spec.evaluations[0].dataset.volume.hostPath.path",
+            At("spec.evaluations[0].dataset.volume.hostPath.path"),
+        ),
     ]
 }
 
