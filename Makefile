@@ -29,9 +29,12 @@ setup:
 build:
 	$(CARGO) build --workspace --bins
 
+## lint: formatting, clippy, and the dependency policy of deny.toml (docs/licences.md)
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# cargo-deny comes from scripts/setup-tools.sh; offline, so no advisories (they need the network).
+	PATH="$$(source scripts/lib.sh && echo $$KONTRAST_CACHE)/tools/bin:$$PATH" $(CARGO) deny --offline check --hide-inclusion-graph licenses bans sources
 
 cluster-up: build
 	target/debug/kontrast-dev cluster up

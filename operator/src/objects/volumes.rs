@@ -1,4 +1,12 @@
 //! Pod volumes from the run's `DataVolume`s.
+//!
+//! The Pod Security Standard level the worker and evaluation pods need follows from these alone
+//! (everything else about them meets "restricted", see `pod::pod_security`):
+//! - `persistentVolumeClaim` only: **restricted**. Any storage works this way, NFS and node
+//!   directories included, through a PersistentVolume behind the claim.
+//! - an inline `nfs` volume: **baseline** (restricted allows no inline network volumes).
+//! - a `hostPath` volume: **privileged** (baseline forbids host paths too); meant for
+//!   single-node and test clusters.
 use kontrast_api::v1alpha1::{DataVolume, VolumeSource};
 use serde_json::{Value, json};
 
