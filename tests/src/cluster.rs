@@ -661,6 +661,36 @@ impl Cluster {
         self.stop_all();
     }
 
+    /// Stops one component (`etcd`, `kube-apiserver`, …) as `down` would, leaving the others
+    /// running: the outage a control-plane restart causes.
+    pub fn stop_component(&mut self, name: &str) -> Result<()> {
+        self.component(name)?.stop(Duration::from_secs(10));
+        Ok(())
+    }
+
+    /// Starts a component stopped by [`Cluster::stop_component`] again, as `up` started it, and
+    /// records its new pid. It does not wait for the component to answer.
+    pub fn start_component(&mut self, name: &str) -> Result<()> {
+        let p = self.component(name)?;
+        p.start_again()?;
+        let record = p.record.clone();
+        if let Some(r) = self.state.processes.iter_mut().find(|r| r.name == name) {
+            *r = record;
+        }
+        self.state.save()
+    }
+
+    fn component(&mut self, name: &str) -> Result<&mut Supervised> {
+        let state = self.state.state_dir.clone();
+        self.procs
+            .iter_mut()
+            .find(|p| p.record.name == name)
+            .ok_or_else(|| Error::State {
+                path: ClusterState::file(&state),
+                message: format!("no component {name} in this cluster"),
+            })
+    }
+
     /// Stops every process, last started first (also done on drop).
     pub fn stop_all(&mut self) {
         while let Some(mut p) = self.procs.pop() {

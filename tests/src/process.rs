@@ -41,6 +41,16 @@ pub struct Supervised {
     /// Its record.
     pub record: ProcessRecord,
     child: Option<Child>,
+    /// How it was started, to start it again the same way.
+    launch: Launch,
+}
+
+#[derive(Debug, Clone)]
+struct Launch {
+    program: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    lifetime: Lifetime,
 }
 
 /// Starts `program` with `args`, output appended to `log`.
@@ -100,6 +110,12 @@ pub fn spawn(
             log: log.to_path_buf(),
         },
         child: Some(child),
+        launch: Launch {
+            program: program.to_path_buf(),
+            args: args.to_vec(),
+            envs: envs.to_vec(),
+            lifetime,
+        },
     })
 }
 
@@ -117,6 +133,24 @@ impl Supervised {
     pub fn detach(mut self) -> ProcessRecord {
         self.child.take();
         self.record.clone()
+    }
+
+    /// Starts the process again with the program, arguments and log of its first start (after
+    /// [`Supervised::stop`]; a running one is stopped first).
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            self.stop(Duration::from_secs(10));
+        }
+        let l = self.launch.clone();
+        *self = spawn(
+            &self.record.name,
+            &l.program,
+            &l.args,
+            &l.envs,
+            &self.record.log,
+            l.lifetime,
+        )?;
+        Ok(())
     }
 
     /// SIGTERM, then SIGKILL after `grace`; waits until it is gone.

@@ -103,6 +103,26 @@ pub enum CheckpointError {
     },
 }
 
+impl CheckpointError {
+    /// Whether the file system ran out of space or quota: a retry from the same checkpoint
+    /// would fill it again at the same write.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            CheckpointError::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            // libtorch's safetensors writer reports the OS error only as text.
+            CheckpointError::Write { source, .. } => {
+                let text = source.to_string();
+                ["StorageFull", "QuotaExceeded", "code: 28,", "code: 122,"]
+                    .iter()
+                    .any(|m| text.contains(m))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What the caller stores besides tensors.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]

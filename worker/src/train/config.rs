@@ -100,7 +100,10 @@ mod tests {
         assert_eq!(config.world.world_size, 1);
         assert_eq!(config.recipe.batch_size, 128);
         assert_eq!((config.recipe.width, config.recipe.epochs), (8, 12));
-        let knn = config.recipe.knn_loss.expect("the quickstart uses the kNN loss");
+        let knn = config
+            .recipe
+            .knn_loss
+            .expect("the quickstart uses the kNN loss");
         assert_eq!((knn.top_k, knn.warmup_epochs), (20, 0));
     }
 

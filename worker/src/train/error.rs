@@ -49,6 +49,15 @@ pub enum TrainError {
     /// Writing or reading a checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The checkpoint volume is full: the checkpoints written before are intact.
+    #[error(
+        "the checkpoint volume is full ({source}); the checkpoints before it are intact: give \
+         the volume more space or keep fewer checkpoints (spec.checkpoint.keep)"
+    )]
+    CheckpointVolumeFull {
+        /// The failed write.
+        source: CheckpointError,
+    },
     /// A checkpoint does not fit this run.
     #[error("checkpoint {path}: {reason}")]
     IncompatibleCheckpoint {
@@ -75,6 +84,7 @@ impl TrainError {
                 | TrainError::Environment(_)
                 | TrainError::Dataset(_)
                 | TrainError::IncompatibleCheckpoint { .. }
+                | TrainError::CheckpointVolumeFull { .. }
         )
     }
 

@@ -481,15 +481,23 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
             let started = Instant::now();
             let mut tensors = state::tensors(&moco, &sgd);
             tensors.extend(precision.state());
-            let path = store.save(
-                done,
-                &tensors,
-                &Meta {
-                    step,
-                    config_hash: config_hash.clone(),
-                    extra: serde_json::json!({ "seed": options.seed }),
-                },
-            )?;
+            let path = store
+                .save(
+                    done,
+                    &tensors,
+                    &Meta {
+                        step,
+                        config_hash: config_hash.clone(),
+                        extra: serde_json::json!({ "seed": options.seed }),
+                    },
+                )
+                .map_err(|e| {
+                    if e.is_storage_full() {
+                        TrainError::CheckpointVolumeFull { source: e }
+                    } else {
+                        e.into()
+                    }
+                })?;
             metrics
                 .checkpoint_write_seconds
                 .observe(started.elapsed().as_secs_f64());
