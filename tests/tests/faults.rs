@@ -8,9 +8,11 @@
 //!    disruption, not counted against `maxRestarts`, that resumes from the checkpoint before;
 //! 3. rank 1 is frozen with SIGSTOP: rank 0 blocks in its collective, the operator's stall
 //!    detection restarts the gang instead of waiting for ever;
-//! 4. kube-apiserver and etcd are stopped for a while and started again: training goes on, the
+//! 4. every operator replica is SIGKILLed mid-run and new ones started: the new leader adopts
+//!    the running gang;
+//! 5. kube-apiserver and etcd are stopped for a while and started again: training goes on, the
 //!    operator catches up, nothing restarts;
-//! 5. one of the two evaluations points at a directory without data and fails: the run reports
+//! 6. one of the two evaluations points at a directory without data and fails: the run reports
 //!    its training and the other evaluation as succeeded and the failed one on its own.
 //!
 //! Each recovery is timed (fault to the first training step of the next attempt) and the work it
@@ -43,7 +45,7 @@ const TRAIN_IMAGES: u64 = 4096;
 const TEST_IMAGES: u64 = 512;
 const BATCH: u64 = 64;
 const STEPS_PER_EPOCH: u64 = TRAIN_IMAGES / BATCH;
-const EPOCHS: u32 = 6;
+const EPOCHS: u32 = 8;
 /// Long enough that a loaded machine's start-up (pods, rendezvous, data) never looks stalled.
 const STALL_TIMEOUT_SECONDS: u64 = 20;
 /// Any single wait of the test: a healthy attempt makes progress well within it.
@@ -480,7 +482,7 @@ async fn a_run_survives_killed_evicted_frozen_ranks_a_killed_operator_and_a_corr
     let empty = state.host_path_dir(Path::new("/var/lib/kontrast/faults-empty"));
     std::fs::create_dir_all(&empty).expect("empty data directory");
 
-    let mut replicas = vec![
+    let mut replicas: Vec<Replica> = vec![
         Replica::start(&bin, &tc, "a"),
         Replica::start(&bin, &tc, "b"),
     ];
@@ -557,8 +559,28 @@ async fn a_run_survives_killed_evicted_frozen_ranks_a_killed_operator_and_a_corr
     let failure = status.last_failure.expect("the failure is recorded");
     assert_eq!(failure.rank, Some(1), "{failure:?}");
     assert!(failure.counted, "{failure:?}");
-    let new_leader = t.leader().await;
-    assert_ne!(new_leader, leader, "the standby took over");
+    // The standby takes the Lease once the killed leader's expires.
+    let leases: Api<Lease> = Api::namespaced(t.tc.client.clone(), "default");
+    wait::until(
+        "the standby takes over",
+        T,
+        Duration::from_millis(250),
+        || {
+            let leases = leases.clone();
+            let leader = leader.clone();
+            async move {
+                let holder = leases
+                    .get("kontrast-operator")
+                    .await
+                    .ok()?
+                    .spec?
+                    .holder_identity?;
+                (holder != leader).then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 
     // 2. Corrupt the checkpoint just written, then evict a worker pod.
     let before = t.mid_epoch(2, before.checkpoint + 1).await;
@@ -621,7 +643,75 @@ async fn a_run_survives_killed_evicted_frozen_ranks_a_killed_operator_and_a_corr
         fault.elapsed()
     );
 
-    // 4. The control plane goes away while the gang trains: kube-apiserver and etcd stopped,
+    // 4. Every operator replica SIGKILLed mid-run, new ones started: the gang trains on
+    //    untouched and the new leader adopts it, no second gang.
+    let killed_at = t.mid_epoch(4, epoch).await;
+    for r in &mut replicas {
+        r.kill();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    replicas = vec![
+        Replica::start(&bin, &t.tc, "c"),
+        Replica::start(&bin, &t.tc, "d"),
+    ];
+    let adopted = Instant::now();
+    wait::until("a new replica leads", T, Duration::from_millis(250), || {
+        let leases = leases.clone();
+        async move {
+            let holder = leases
+                .get("kontrast-operator")
+                .await
+                .ok()?
+                .spec?
+                .holder_identity?;
+            (holder == "c" || holder == "d").then_some(())
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let run = t
+        .until("the new leader reports progress", |r| {
+            r.status
+                .as_ref()
+                .and_then(|s| s.progress.as_ref())
+                .is_some_and(|p| p.step > killed_at.step)
+        })
+        .await;
+    println!(
+        "[faults] all operator replicas killed at step {}; a new one leads and reports step {:?} \
+         {:.1} s later",
+        killed_at.step,
+        run.status
+            .as_ref()
+            .and_then(|s| s.progress.as_ref())
+            .map(|p| p.step),
+        adopted.elapsed().as_secs_f64()
+    );
+    let pods: Api<Pod> = Api::namespaced(t.tc.client.clone(), NS);
+    let mut workers: Vec<String> = pods
+        .list(
+            &ListParams::default()
+                .labels(&format!("kontrast.dev/run={RUN},kontrast.dev/role=worker")),
+        )
+        .await
+        .expect("list pods")
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    workers.sort();
+    assert_eq!(
+        workers,
+        [format!("{RUN}-w-4-0"), format!("{RUN}-w-4-1")],
+        "the gang the new leader found is the only one"
+    );
+    t.table.push((
+        "all operator replicas SIGKILLed".into(),
+        adopted.elapsed().as_secs_f64(),
+        0,
+    ));
+
+    // 5. The control plane goes away while the gang trains: kube-apiserver and etcd stopped,
     //    then started again. Training needs neither; nothing may be restarted for it.
     let before = t.mid_epoch(4, epoch + 1).await;
     let outage = Instant::now();
@@ -661,7 +751,7 @@ async fn a_run_survives_killed_evicted_frozen_ranks_a_killed_operator_and_a_corr
     t.table
         .push(("kube-apiserver + etcd restart".into(), seconds, 0));
 
-    // 5. Training finishes; one evaluation succeeds, the one without data fails on its own.
+    // 6. Training finishes; one evaluation succeeds, the one without data fails on its own.
     let run = t
         .until("the run finishes", |r| {
             r.status.as_ref().and_then(|s| s.phase) == Some(RunPhase::Succeeded)

@@ -93,19 +93,42 @@ fn read_message(file: &Path, log: &Path, exit: i32, fallback: bool) -> String {
     msg
 }
 
+/// How long a status update is retried while the apiserver is away.
+const STATUS_RETRY_LIMIT: Duration = Duration::from_secs(300);
+
 impl PodRun {
     fn log_path(&self, container: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{container}.log"))
     }
 
+    /// Reports `status`, retrying while the apiserver is unreachable or failing (as a kubelet
+    /// does): a pod that finishes during a control-plane outage must not stay Running for ever.
     async fn patch(&self, status: Value) {
         let body = json!({"status": status});
-        if let Err(e) = self
-            .api
-            .patch_status(&self.name, &PatchParams::default(), &Patch::Strategic(body))
-            .await
-        {
-            tracing::warn!(pod = %self.name, error = %e, "status update failed");
+        let deadline = Instant::now() + STATUS_RETRY_LIMIT;
+        let mut pause = Duration::from_millis(250);
+        loop {
+            let result = self
+                .api
+                .patch_status(
+                    &self.name,
+                    &PatchParams::default(),
+                    &Patch::Strategic(body.clone()),
+                )
+                .await;
+            let e = match result {
+                Ok(_) => return,
+                Err(e) => e,
+            };
+            // The apiserver answered and refused: the pod is gone or the update is wrong.
+            let permanent = matches!(&e, kube::Error::Api(s) if s.code < 500);
+            if permanent || Instant::now() > deadline {
+                tracing::warn!(pod = %self.name, error = %e, "status update failed");
+                return;
+            }
+            tracing::debug!(pod = %self.name, error = %e, "status update failed, retrying");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 
