@@ -24,6 +24,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
 use serde_json::json;
 
+use crate::cache;
 use crate::gang::{self, Decision, GangState, PERMANENT_EXIT_CODE, PodView};
 use crate::metrics::Metrics;
 use crate::objects::{self, names};
@@ -44,6 +45,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// HTTP client for rank 0's progress endpoint.
     pub http: reqwest::Client,
+    /// Caches of the owned ConfigMaps and Services.
+    pub owned: crate::cache::Owned,
 }
 
 fn kube_err(operation: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
@@ -127,6 +130,11 @@ impl Run<'_> {
 
     async fn save_status(&mut self) -> Result<()> {
         self.status.observed_generation = self.run.metadata.generation;
+        // Nothing changed since the status this reconcile started from: no write.
+        if self.run.status.as_ref() == Some(&self.status) {
+            self.record_status_metrics();
+            return Ok(());
+        }
         let body = json!({"apiVersion": "kontrast.dev/v1alpha1", "kind": "ContrastiveRun", "status": self.status});
         self.runs
             .patch_status(
@@ -136,6 +144,11 @@ impl Run<'_> {
             )
             .await
             .map_err(kube_err(format!("apply status of {}", self.name)))?;
+        self.record_status_metrics();
+        Ok(())
+    }
+
+    fn record_status_metrics(&self) {
         let phase = self.status.phase.unwrap_or(RunPhase::Pending);
         self.ctx
             .metrics
@@ -145,7 +158,6 @@ impl Run<'_> {
             .run_restarts
             .with_label_values(&[&self.ns, &self.name])
             .set(i64::from(self.status.restarts));
-        Ok(())
     }
 
     async fn apply<K>(&self, api: &Api<K>, name: &str, obj: &K) -> Result<()>
@@ -394,7 +406,26 @@ impl Run<'_> {
         let attempt = self.status.attempt.unwrap_or(1);
         self.status.attempt = Some(attempt);
         let created = self.status.phase == Some(RunPhase::Training);
-        let pods = self.worker_pods().await?;
+        // The cache answers only for a whole, live gang of this attempt (the steady state);
+        // anything else — a pod missing, failed, finished or of another attempt, which a lagging
+        // cache could also show — is read from the apiserver before a decision is made on it.
+        let cached = self.ctx.owned.pods(
+            &self.ns,
+            &[(labels::RUN, self.name.as_str()), (labels::ROLE, "worker")],
+        );
+        let cached_views: Vec<PodView> = cached.iter().filter_map(pod_view).collect();
+        let whole = created
+            && cached_views.len() == self.run.spec.nodes as usize
+            && cached_views.iter().all(|v| {
+                v.attempt == attempt
+                    && !v.deleting
+                    && matches!(v.phase.as_str(), "Pending" | "Running")
+            });
+        let pods = if whole {
+            cached
+        } else {
+            self.worker_pods().await?
+        };
         let views: Vec<PodView> = pods.iter().filter_map(pod_view).collect();
         match gang::decide(
             GangState {
@@ -738,16 +769,22 @@ async fn reconcile_run(run: &ContrastiveRun, ctx: &Context) -> Result<Action> {
         );
         return Ok(Action::await_change());
     }
-    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    r.apply(
-        &cms,
-        &names::config_map(&name),
-        &objects::config_map::build(run, &config),
-    )
-    .await?;
-    let svcs: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    r.apply(&svcs, &names::service(&name), &objects::service::build(run))
-        .await?;
+    // The ConfigMap and Service change only with the spec: applied when the cache says they are
+    // missing or differ, so a steady reconcile writes nothing.
+    let mut cm = objects::config_map::build(run, &config);
+    let hash = cache::mark(&mut cm);
+    let cm_name = names::config_map(&name);
+    if !ctx.owned.config_map_is(&ns, &cm_name, &cm, &hash) {
+        let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+        r.apply(&cms, &cm_name, &cm).await?;
+    }
+    let mut svc = objects::service::build(run);
+    let hash = cache::mark(&mut svc);
+    let svc_name = names::service(&name);
+    if !ctx.owned.service_is(&ns, &svc_name, &svc, &hash) {
+        let svcs: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+        r.apply(&svcs, &svc_name, &svc).await?;
+    }
 
     if run.spec.suspend {
         let pods: Vec<String> = r

@@ -2,6 +2,7 @@
 //! last checkpoint and runs evaluation Jobs.
 #![deny(missing_docs)]
 
+pub mod cache;
 pub mod conditions;
 pub mod controller;
 pub mod gang;

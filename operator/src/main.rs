@@ -116,6 +116,7 @@ async fn main() -> Result<()> {
                 instance: Some(identity),
             },
         ),
+        owned: kontrast_operator::cache::Owned::start(&client, args.namespace.as_deref()),
         client,
         metrics,
         http: reqwest::Client::new(),

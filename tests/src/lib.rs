@@ -12,6 +12,7 @@ pub mod error;
 pub mod kubeconfig;
 pub mod loopback;
 pub mod node;
+pub mod operator_scale;
 pub mod pki;
 pub mod process;
 pub mod prometheus;

@@ -38,6 +38,7 @@ fn start_operator(client: &kube::Client, lease: Option<&str>) -> OperatorHandle 
         client: client.clone(),
         metrics: Metrics::new().unwrap(),
         http: reqwest::Client::new(),
+        owned: kontrast_operator::cache::Owned::start(client, None),
     });
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let lease = lease.map(|identity| LeaseConfig {

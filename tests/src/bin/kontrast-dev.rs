@@ -24,6 +24,37 @@ enum Top {
         #[command(subcommand)]
         command: ClusterCmd,
     },
+    /// Benchmarks that need a cluster of their own.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Many ContrastiveRuns applied at once against the operator binary: time until every gang's
+    /// pods exist, operator CPU and memory, apiserver requests (docs/benchmarks.md).
+    OperatorScale {
+        /// State directory of the benchmark's cluster (started and stopped by the benchmark).
+        #[arg(long, default_value = ".state/bench-operator-scale")]
+        state_dir: PathBuf,
+        /// The operator binary (default: the one beside this program).
+        #[arg(long)]
+        operator: Option<PathBuf>,
+        /// Runs applied at once.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// Pods per run.
+        #[arg(long, default_value_t = 4)]
+        pods: u32,
+        /// Seconds of quiet steady state measured afterwards.
+        #[arg(long, default_value_t = 60)]
+        steady_seconds: u64,
+        /// The operator's --concurrency.
+        #[arg(long, default_value_t = 8)]
+        concurrency: u16,
+    },
 }
 
 #[derive(clap::Args)]
@@ -85,7 +116,41 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Top::Cluster { command } = Cli::parse().command;
+    let command = match Cli::parse().command {
+        Top::Cluster { command } => command,
+        Top::Bench {
+            command:
+                BenchCmd::OperatorScale {
+                    state_dir,
+                    operator,
+                    runs,
+                    pods,
+                    steady_seconds,
+                    concurrency,
+                },
+        } => {
+            let exe_dir = std::env::current_exe()?
+                .parent()
+                .map(PathBuf::from)
+                .context("locating kontrast-dev's directory")?;
+            let state_dir = std::path::absolute(&state_dir)?;
+            std::fs::create_dir_all(&state_dir)?;
+            let opts = kontrast_tests::operator_scale::Options {
+                state_dir,
+                node_bin: exe_dir.join("kontrast-node"),
+                operator_bin: operator.unwrap_or_else(|| exe_dir.join("kontrast-operator")),
+                runs,
+                pods,
+                steady: Duration::from_secs(steady_seconds),
+                concurrency,
+            };
+            let report = kontrast_tests::operator_scale::run(&opts)
+                .await
+                .context("the operator-scale benchmark")?;
+            println!("{}", report.render(&opts));
+            return Ok(());
+        }
+    };
     match command {
         ClusterCmd::Up {
             state,
