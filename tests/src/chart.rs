@@ -71,6 +71,26 @@ pub fn fresh_binary(dir: &Path, name: &str, build: &str) -> Result<PathBuf, Stri
     Ok(bin)
 }
 
+/// The directory cargo put `node_bin` (a test's `CARGO_BIN_EXE_kontrast-node`) in, checked to
+/// hold up-to-date `kontrast` and `kontrast-operator` binaries, which the node maps the product's
+/// images to. Panics with the command that builds a missing or stale one.
+pub fn product_binary_dir(node_bin: &Path) -> PathBuf {
+    let dir = node_bin
+        .parent()
+        .expect("the node binary has a directory")
+        .to_path_buf();
+    for (bin, build) in [
+        (
+            "kontrast-operator",
+            "cargo build -p kontrast-operator --bin kontrast-operator",
+        ),
+        ("kontrast", "cargo build -p kontrast-worker --bin kontrast"),
+    ] {
+        fresh_binary(&dir, bin, build).unwrap_or_else(|e| panic!("{e}"));
+    }
+    dir
+}
+
 /// A TCP port free on every interface right now. The operator pod binds `0.0.0.0` in the node's
 /// (the host's) network, so it needs a port of its own.
 pub fn free_port() -> Result<u16> {

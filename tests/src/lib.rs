@@ -6,6 +6,7 @@
 
 pub mod chart;
 pub mod cluster;
+pub mod crd;
 pub mod dashboards;
 pub mod discovery;
 pub mod error;

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kontrast_api::v1alpha1::ContrastiveRun;
 use kube::Api;
 use kube::api::PostParams;
@@ -264,29 +263,7 @@ pub async fn run(o: &Options) -> Result<Report> {
     let cluster = Cluster::up(copts).await?;
     let client = cluster.client().await?;
 
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(
-        &PostParams::default(),
-        &kontrast_api::crd::crd_without_cel(),
-    )
-    .await?;
-    wait::until(
-        "CRD established",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || {
-            let crds = crds.clone();
-            async move {
-                let c = crds.get("contrastiveruns.kontrast.dev").await.ok()?;
-                c.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        },
-    )
-    .await?;
+    crate::crd::install(&client).await?;
     let ns = "scale";
     let namespace: k8s_openapi::api::core::v1::Namespace =
         serde_json::from_value(json!({"metadata": {"name": ns}}))

@@ -130,20 +130,7 @@ fn run_ok(cmd: &mut Command) -> String {
 
 /// The directory cargo put the test's binaries in, holding the product's binaries too.
 fn binary_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_kontrast-node"))
-        .parent()
-        .expect("the node binary has a directory")
-        .to_path_buf();
-    for (bin, build) in [
-        (
-            "kontrast-operator",
-            "cargo build -p kontrast-operator --bin kontrast-operator",
-        ),
-        ("kontrast", "cargo build -p kontrast-worker --bin kontrast"),
-    ] {
-        chart::fresh_binary(&dir, bin, build).unwrap_or_else(|e| panic!("{e}"));
-    }
-    dir
+    chart::product_binary_dir(Path::new(env!("CARGO_BIN_EXE_kontrast-node")))
 }
 
 fn kubectl() -> PathBuf {

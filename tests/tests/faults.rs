@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kontrast_api::v1alpha1::{ContrastiveRun, EvaluationPhase, RunPhase, reason};
 use kontrast_operator::progress;
 use kontrast_tests::chart;
@@ -55,20 +54,7 @@ const OUTAGE: Duration = Duration::from_secs(15);
 
 /// The directory cargo put the test's binaries in, holding the product's binaries too.
 fn binary_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_kontrast-node"))
-        .parent()
-        .expect("the node binary has a directory")
-        .to_path_buf();
-    for (bin, build) in [
-        (
-            "kontrast-operator",
-            "cargo build -p kontrast-operator --bin kontrast-operator",
-        ),
-        ("kontrast", "cargo build -p kontrast-worker --bin kontrast"),
-    ] {
-        chart::fresh_binary(&dir, bin, build).unwrap_or_else(|e| panic!("{e}"));
-    }
-    dir
+    chart::product_binary_dir(Path::new(env!("CARGO_BIN_EXE_kontrast-node")))
 }
 
 /// One replica of the operator binary, leader-elected, as the chart runs it.
@@ -440,26 +426,9 @@ async fn a_run_survives_killed_evicted_frozen_ranks_a_killed_operator_and_a_corr
     )
     .await
     .expect("cluster starts");
-    let crds: Api<CustomResourceDefinition> = Api::all(tc.client.clone());
-    crds.create(
-        &PostParams::default(),
-        &kontrast_api::crd::crd_without_cel(),
-    )
-    .await
-    .expect("CRD installs");
-    wait::until("CRD established", T, Duration::from_millis(200), || {
-        let crds = crds.clone();
-        async move {
-            let c = crds.get("contrastiveruns.kontrast.dev").await.ok()?;
-            c.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    kontrast_tests::crd::install(&tc.client)
+        .await
+        .expect("CRD installs");
     tc.namespace(NS).await.expect("namespace");
 
     let state = tc.cluster.state.clone();

@@ -103,26 +103,9 @@ impl Harness {
         })
         .await
         .expect("cluster starts");
-        let crds: Api<CustomResourceDefinition> = Api::all(tc.client.clone());
-        crds.create(
-            &PostParams::default(),
-            &kontrast_api::crd::crd_without_cel(),
-        )
-        .await
-        .expect("CRD installs");
-        wait::until("CRD established", T, Duration::from_millis(200), || {
-            let crds = crds.clone();
-            async move {
-                let c = crds.get("contrastiveruns.kontrast.dev").await.ok()?;
-                c.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        })
-        .await
-        .unwrap();
+        kontrast_tests::crd::install(&tc.client)
+            .await
+            .expect("CRD installs");
         let (stop, operator) = start_operator(&tc.client, None);
         Self {
             tc,
