@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kontrast_api::labels;
 use kontrast_api::v1alpha1::{ContrastiveRun, RunPhase};
+use kontrast_operator::objects::pod_security::restricted_violations;
 use kontrast_tests::cluster::cache_dir;
 use kontrast_tests::dashboards;
 use kontrast_tests::testing::TestCluster;
@@ -682,75 +683,6 @@ fn users_get_contrastiveruns_through_the_aggregated_edit_and_view_roles() {
 
 // ---------------------------------------------------------------------------------------------
 // The Deployment
-
-/// What the "restricted" Pod Security Standard (Kubernetes 1.20+ fields) forbids in `pod`.
-fn restricted_violations(pod: &Value) -> Vec<String> {
-    let mut v = Vec::new();
-    let psc = &pod["securityContext"];
-    for host in ["hostNetwork", "hostPID", "hostIPC"] {
-        if pod[host] == json!(true) {
-            v.push(format!("{host} is true"));
-        }
-    }
-    for vol in pod["volumes"].as_array().into_iter().flatten() {
-        if vol.get("hostPath").is_some() {
-            v.push(format!("hostPath volume {}", vol["name"]));
-        }
-    }
-    let containers: Vec<&Value> = ["initContainers", "containers"]
-        .iter()
-        .flat_map(|k| pod[*k].as_array().into_iter().flatten())
-        .collect();
-    if containers.is_empty() {
-        v.push("no containers".into());
-    }
-    for c in containers {
-        let name = c["name"].as_str().unwrap_or("?");
-        let sc = &c["securityContext"];
-        let either = |field: &str| {
-            if sc.get(field).is_some() {
-                &sc[field]
-            } else {
-                &psc[field]
-            }
-        };
-        if sc["privileged"] == json!(true) {
-            v.push(format!("{name}: privileged"));
-        }
-        if sc["allowPrivilegeEscalation"] != json!(false) {
-            v.push(format!("{name}: allowPrivilegeEscalation is not false"));
-        }
-        if either("runAsNonRoot") != &json!(true) {
-            v.push(format!("{name}: runAsNonRoot is not true"));
-        }
-        if either("runAsUser") == &json!(0) {
-            v.push(format!("{name}: runAsUser is 0"));
-        }
-        let seccomp = either("seccompProfile")["type"].as_str().unwrap_or("");
-        if !["RuntimeDefault", "Localhost"].contains(&seccomp) {
-            v.push(format!("{name}: seccompProfile is {seccomp:?}"));
-        }
-        let drop = &sc["capabilities"]["drop"];
-        if !drop.as_array().is_some_and(|d| d.contains(&json!("ALL"))) {
-            v.push(format!("{name}: capabilities do not drop ALL"));
-        }
-        for add in sc["capabilities"]["add"].as_array().into_iter().flatten() {
-            if add != "NET_BIND_SERVICE" {
-                v.push(format!("{name}: adds capability {add}"));
-            }
-        }
-        for port in c["ports"].as_array().into_iter().flatten() {
-            if port.get("hostPort").is_some() {
-                v.push(format!("{name}: hostPort"));
-            }
-        }
-        // Not part of the standard, but what this chart promises.
-        if sc["readOnlyRootFilesystem"] != json!(true) {
-            v.push(format!("{name}: root file system is writable"));
-        }
-    }
-    v
-}
 
 #[test]
 fn the_operator_deployment_meets_the_restricted_pod_security_standard() {

@@ -168,18 +168,28 @@ impl Test {
                 if ok(&run) {
                     return run;
                 }
-                let phase = run.status.as_ref().and_then(|s| s.phase);
-                if phase == Some(RunPhase::Failed) {
-                    panic!(
-                        "the run failed waiting for {what}:\n{}",
-                        self.diagnose().await
-                    );
-                }
+                self.give_up_if_failed(what, run.status.as_ref().and_then(|s| s.phase))
+                    .await;
             }
-            if Instant::now() > deadline {
-                panic!("{what}: not within {T:?}:\n{}", self.diagnose().await);
-            }
+            self.give_up_after(what, deadline).await;
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Panics with diagnostics when the run failed while the test waited for `what`.
+    async fn give_up_if_failed(&self, what: &str, phase: Option<RunPhase>) {
+        if phase == Some(RunPhase::Failed) {
+            panic!(
+                "the run failed waiting for {what}:\n{}",
+                self.diagnose().await
+            );
+        }
+    }
+
+    /// Panics with diagnostics once `deadline` has passed.
+    async fn give_up_after(&self, what: &str, deadline: Instant) {
+        if Instant::now() > deadline {
+            panic!("{what}: not within {T:?}:\n{}", self.diagnose().await);
         }
     }
 
@@ -299,15 +309,8 @@ impl Test {
                 .ok()
                 .and_then(|r| r.status)
                 .and_then(|s| s.phase);
-            if phase == Some(RunPhase::Failed) {
-                panic!(
-                    "the run failed waiting for {what}:\n{}",
-                    self.diagnose().await
-                );
-            }
-            if Instant::now() > deadline {
-                panic!("{what}: not within {T:?}:\n{}", self.diagnose().await);
-            }
+            self.give_up_if_failed(what, phase).await;
+            self.give_up_after(what, deadline).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -8,7 +8,7 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::Proc;
+use common::TrainSetup;
 use kontrast_worker::checkpoint::CheckpointStore;
 
 const IMAGES: usize = 64;
@@ -16,44 +16,14 @@ const BATCH: u32 = 16;
 const QUEUE: u32 = 48;
 const LIMIT: Duration = Duration::from_secs(180);
 
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-impl Setup {
-    /// A run of `epochs` with a backbone of `width` (wider: larger checkpoints, longer writes).
-    fn new(epochs: u32, width: u32) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = common::fashion_mnist_subset(&dir.path().join("data"), IMAGES);
-        let mut config = common::small_run(&data, 1, epochs, BATCH, QUEUE);
+/// A run of `epochs` with a backbone of `width` (wider: larger checkpoints, longer writes).
+fn setup(epochs: u32, width: u32) -> TrainSetup {
+    TrainSetup::new(IMAGES, |data| {
+        let mut config = common::small_run(data, 1, epochs, BATCH, QUEUE);
         config.recipe.width = width;
         config.checkpoint.keep = 3;
-        let config = common::write_config(dir.path(), &config);
-        Self { dir, config }
-    }
-
-    fn train(&self, checkpoints: &Path, name: &str) -> Proc {
-        let logs = self.dir.path().join(name);
-        std::fs::create_dir_all(&logs).expect("log directory");
-        let cmd = common::kontrast(
-            &logs,
-            &[
-                "train",
-                "--config",
-                self.config.to_str().expect("UTF-8 path"),
-                "--checkpoint-dir",
-                checkpoints.to_str().expect("UTF-8 path"),
-                "--resume",
-                "latest",
-                "--data-threads",
-                "0",
-                "--metrics-port",
-                "0",
-            ],
-        );
-        Proc::spawn(cmd, &logs, "train")
-    }
+        config
+    })
 }
 
 fn names(dir: &Path) -> Vec<String> {
@@ -81,9 +51,9 @@ fn newest_valid(dir: &Path) -> (u32, usize) {
 fn a_rank_killed_while_writing_a_checkpoint_leaves_the_previous_one_to_resume_from() {
     // Width 64 (torchvision's): both encoders, SGD momentum and the queues make a checkpoint
     // of tens of megabytes, so the write lasts long enough to be caught in the act.
-    let setup = Setup::new(3, 64);
+    let setup = setup(3, 64);
     let dir = setup.dir.path().join("checkpoints");
-    let mut run = setup.train(&dir, "killed");
+    let mut run = setup.train(&dir, "killed", &[]);
     let first = dir.join("epoch-0001.json");
     run.wait_until("the first checkpoint", LIMIT, |_| first.exists());
     // Poll for the second checkpoint's temporary file and kill the moment it appears.
@@ -110,7 +80,7 @@ fn a_rank_killed_while_writing_a_checkpoint_leaves_the_previous_one_to_resume_fr
         "the half-written checkpoint must not be taken: {left:?}"
     );
 
-    let mut resumed = setup.train(&dir, "resumed");
+    let mut resumed = setup.train(&dir, "resumed", &[]);
     resumed.assert_success(LIMIT);
     let log = resumed.stderr();
     assert!(log.contains("resumed epoch=1 "), "{log}");
@@ -164,10 +134,10 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_full_checkpoint_volume_fails_the_run_clearly_and_keeps_the_older_checkpoints() {
-    let setup = Setup::new(3, 8);
+    let setup = setup(3, 8);
     // The size of one checkpoint, from a run on ordinary disk.
     let probe_dir = setup.dir.path().join("probe");
-    let mut probe = setup.train(&probe_dir, "probe");
+    let mut probe = setup.train(&probe_dir, "probe", &[]);
     let first = probe_dir.join("epoch-0001.json");
     probe.wait_until("the probe's first checkpoint", LIMIT, |_| first.exists());
     probe.kill();
@@ -183,7 +153,7 @@ fn a_full_checkpoint_volume_fails_the_run_clearly_and_keeps_the_older_checkpoint
     // Room for one and a half checkpoints: the first fits, the second does not.
     let dir = setup.dir.path().join("small-volume");
     let _volume = Tmpfs::mount(&dir, size * 3 / 2);
-    let mut run = setup.train(&dir, "full");
+    let mut run = setup.train(&dir, "full", &[]);
     let status = run.wait(LIMIT);
     let log = run.stderr();
     assert_eq!(

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Proc, assert_same_tensors, read_tensors, within};
+use common::{Proc, TrainSetup, assert_same_tensors, read_tensors, within};
 use kontrast_worker::checkpoint::Manifest;
 use tch::Tensor;
 
@@ -30,56 +30,30 @@ const STEPS_PER_EPOCH: u64 = IMAGES as u64 / BATCH as u64;
 const TOLERANCE: f64 = 1e-6;
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// A test's data set and run config.
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
+/// A test's data set and run config, and how the tests run `kontrast train` on them.
+struct Setup(TrainSetup);
 
 impl Setup {
     fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = common::fashion_mnist_subset(&dir.path().join("data"), IMAGES);
-        let config = common::small_run(&data, 1, EPOCHS, BATCH, QUEUE);
-        let config = common::write_config(dir.path(), &config);
-        Self { dir, config }
+        Self(TrainSetup::new(IMAGES, |data| {
+            common::small_run(data, 1, EPOCHS, BATCH, QUEUE)
+        }))
     }
 
-    /// `kontrast train` resuming from the newest checkpoint in `checkpoints`, its output under
-    /// `name` (which also names its own log directory).
+    /// `kontrast train` resuming from the newest checkpoint in `checkpoints`, with a fixed seed
+    /// and a log line per step, its output under `name`.
     fn train(&self, checkpoints: &Path, name: &str) -> Proc {
-        let logs = self.dir.path().join(name);
-        std::fs::create_dir_all(&logs).expect("log directory");
-        let cmd = common::kontrast(
-            &logs,
-            &[
-                "train",
-                "--config",
-                self.config.to_str().expect("UTF-8 path"),
-                "--checkpoint-dir",
-                checkpoints.to_str().expect("UTF-8 path"),
-                "--resume",
-                "latest",
-                "--seed",
-                "3",
-                "--data-threads",
-                "0",
-                "--metrics-port",
-                "0",
-                "--log-every",
-                "1",
-            ],
-        );
-        Proc::spawn(cmd, &logs, "train")
+        self.0
+            .train(checkpoints, name, &["--seed", "3", "--log-every", "1"])
     }
 
     fn checkpoints(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.0.dir.path().join(name)
     }
 
     /// The final progress report the run left as its termination message.
     fn report(&self, name: &str) -> serde_json::Value {
-        let path = self.dir.path().join(name).join("termination-log");
+        let path = self.0.dir.path().join(name).join("termination-log");
         let text = std::fs::read_to_string(&path).expect("termination message");
         serde_json::from_str(&text).expect("the termination message is the JSON report")
     }

@@ -82,7 +82,8 @@ mod tests {
 
     use super::*;
     use crate::objects::pod::WORKER_UID;
-    use crate::objects::pod::tests::{claims, restricted_violations, run_with};
+    use crate::objects::pod::tests::{claims, run_with};
+    use crate::objects::pod_security::restricted_violations;
 
     fn template(run: &ContrastiveRun) -> Value {
         let job = build(run, &run.spec.evaluations[0]);

@@ -8,6 +8,7 @@ pub mod job;
 pub mod names;
 pub mod pod;
 pub mod pod_group;
+pub mod pod_security;
 pub mod service;
 pub mod volumes;
 

@@ -478,3 +478,45 @@ pub fn write_fixture(script: &str, command: &str, root: &Path, extra: &[String])
     );
     root.to_path_buf()
 }
+
+/// A temporary directory holding the first `images` Fashion-MNIST images and a run config made
+/// for them, for tests that run `kontrast train` as a process and resume it.
+pub struct TrainSetup {
+    /// The directory (data set, config, logs, checkpoint directories).
+    pub dir: tempfile::TempDir,
+    /// The run config written there.
+    pub config: PathBuf,
+}
+
+impl TrainSetup {
+    /// The data set and the config `make` builds for the data set's directory.
+    pub fn new(images: usize, make: impl FnOnce(&Path) -> RunConfig) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = fashion_mnist_subset(&dir.path().join("data"), images);
+        let config = write_config(dir.path(), &make(&data));
+        Self { dir, config }
+    }
+
+    /// `kontrast train` resuming from the newest checkpoint in `checkpoints`, single-threaded
+    /// data loading, no metrics port, with `extra` flags; its output under `name` (which also
+    /// names its own log directory).
+    pub fn train(&self, checkpoints: &Path, name: &str, extra: &[&str]) -> Proc {
+        let logs = self.dir.path().join(name);
+        std::fs::create_dir_all(&logs).expect("log directory");
+        let mut args = vec![
+            "train",
+            "--config",
+            self.config.to_str().expect("UTF-8 path"),
+            "--checkpoint-dir",
+            checkpoints.to_str().expect("UTF-8 path"),
+            "--resume",
+            "latest",
+            "--data-threads",
+            "0",
+            "--metrics-port",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        Proc::spawn(kontrast(&logs, &args), &logs, "train")
+    }
+}
