@@ -19,6 +19,8 @@
 //! - a training step's forward and backward on a small batch, alone and followed by the
 //!   bucketed reduction; Python also runs it under `DistributedDataParallel` (gloo,
 //!   `bucket_cap_mb=25`), whose backward overlaps the reduction with the gradient computation.
+mod common;
+
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -33,6 +35,8 @@ use kontrast_worker::model::params::Params;
 use kontrast_worker::model::resnet::ResNet;
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
+
+use common::{median, python};
 
 /// Set in the re-executed ranks: where rank 0 writes its results.
 const OUT_ENV: &str = "KONTRAST_ALLREDUCE_BENCH_OUT";
@@ -87,19 +91,6 @@ const KEYS: [&str; 10] = [
     "ddp_added_s",
 ];
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
 /// Runs `f` `warmup` times, then `iters` times with a timer; a barrier precedes each call so
 /// that both ranks start together. Returns the median seconds.
 fn timed(
@@ -119,7 +110,7 @@ fn timed(
         f()?;
         times.push(start.elapsed().as_secs_f64());
     }
-    Ok(median(&mut times))
+    Ok(median(&times))
 }
 
 /// One Rust rank: joins the group, times everything and (rank 0) writes the medians to `out`.
@@ -226,12 +217,12 @@ fn rank_main(args: &Args, out: &Path) -> anyhow::Result<()> {
             "tensors": tensors.len(),
             "buckets": reducer.bucket_count(),
             "bucketed_s": bucketed_s,
-            "bucketed_comm_s": median(&mut comm[args.warmup..].to_vec()),
+            "bucketed_comm_s": median(&comm[args.warmup..]),
             "flat_s": flat_s,
-            "step_s": median(&mut step),
-            "backward_s": median(&mut backward),
-            "step_reduce_s": median(&mut step_reduce),
-            "reduce_added_s": median(&mut added),
+            "step_s": median(&step),
+            "backward_s": median(&backward),
+            "step_reduce_s": median(&step_reduce),
+            "reduce_added_s": median(&added),
         });
         std::fs::write(out, serde_json::to_vec_pretty(&result)?)?;
     }
@@ -242,12 +233,6 @@ fn rank_main(args: &Args, out: &Path) -> anyhow::Result<()> {
 /// A port nobody listens on right now.
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn python(args: &Args) -> PathBuf {
-    args.python
-        .clone()
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
 }
 
 /// Starts both ranks of one side (`make(rank)` builds a rank's command), waits for them and
@@ -329,7 +314,7 @@ fn main() -> anyhow::Result<()> {
     let passed: Vec<String> = std::env::args().skip(1).collect();
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/allreduce_bench.py");
-    let python = python(&args);
+    let python = python(args.python.as_deref());
     let rust_rank = |_rank: usize| {
         let mut cmd = Command::new(&exe);
         cmd.args(&passed);
@@ -386,7 +371,7 @@ fn main() -> anyhow::Result<()> {
     }
     let med = |runs: &[Value], key: &str| -> f64 {
         median(
-            &mut runs
+            &runs
                 .iter()
                 .filter_map(|v| v.get(key).and_then(Value::as_f64))
                 .collect::<Vec<_>>(),

@@ -15,8 +15,9 @@
 //! processes hits both alike (the side that goes first alternates too); the table shows the
 //! median over rounds. Each side also reports what it computed (APs, predictions), so that the
 //! two are shown to solve the same problem.
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
@@ -27,6 +28,8 @@ use kontrast_worker::eval::linear_svm::protocol_params;
 use kontrast_worker::eval::svm;
 use serde_json::{Value, json};
 use tch::{Kind, Tensor};
+
+use common::{median, python, run_reference};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Task {
@@ -88,14 +91,16 @@ struct Args {
     bench: bool,
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
+/// Runs `eval_bench.py` with `arguments` (the output file last) and returns its JSON.
+fn run_python(args: &Args, mut arguments: Vec<String>, out: &Path) -> anyhow::Result<Value> {
+    arguments.push(out.display().to_string());
+    run_reference(
+        &python(args.python.as_deref()),
+        "eval_bench.py",
+        arguments,
+        None,
+        out,
+    )
 }
 
 fn load_average() -> String {
@@ -133,30 +138,6 @@ fn round<A, B>(
         let b = python()?;
         Ok((rust()?, b))
     }
-}
-
-fn python(args: &Args) -> PathBuf {
-    args.python
-        .clone()
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
-}
-
-/// Runs `eval_bench.py` with `arguments` (the output file last) and returns its JSON.
-fn run_python(args: &Args, arguments: &[String], out: &Path) -> anyhow::Result<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/eval_bench.py");
-    let status = Command::new(python(args))
-        .arg(&script)
-        .args(arguments)
-        .arg(out)
-        .status()
-        .with_context(|| {
-            format!(
-                "run {} (scripts/setup-python.sh creates the venv)",
-                python(args).display()
-            )
-        })?;
-    ensure!(status.success(), "{} failed: {status}", script.display());
-    Ok(serde_json::from_slice(&std::fs::read(out)?)?)
 }
 
 fn to_f32(t: &Tensor) -> anyhow::Result<Vec<f32>> {
@@ -242,7 +223,7 @@ fn svm_bench(args: &Args, dir: &Path) -> anyhow::Result<Row> {
                 args.cost.to_string(),
                 params.max_iter.to_string(),
             ];
-            reference = run_python(args, &arguments, &dir.join("svm.json"))?;
+            reference = run_python(args, arguments.to_vec(), &dir.join("svm.json"))?;
             Ok(reference["classes"]
                 .as_array()
                 .context("no classes in the reference's output")?
@@ -350,7 +331,7 @@ fn knn_bench(args: &Args, dir: &Path) -> anyhow::Result<Row> {
                 args.knn_classes.to_string(),
                 args.threads.to_string(),
             ];
-            reference = run_python(args, &arguments, &dir.join("knn.json"))?;
+            reference = run_python(args, arguments.to_vec(), &dir.join("knn.json"))?;
             Ok(reference["seconds"].as_f64().unwrap_or(f64::NAN))
         };
         let (seconds, py) = round(r, rust, python)?;

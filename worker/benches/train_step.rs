@@ -12,9 +12,10 @@
 //! replicated phase by phase from the public API with a timer (and, on CUDA, a synchronisation)
 //! around each phase. The headline numbers are the median over rounds of the timed steps; the
 //! phase breakdown is the median over rounds of the replicated steps.
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
@@ -32,6 +33,8 @@ use kontrast_worker::train::sgd::{Sgd, SgdConfig};
 use kontrast_worker::train::step::train_step_with_precision;
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
+
+use common::{median, python, run_reference};
 
 const SGD: SgdConfig = SgdConfig {
     momentum: 0.9,
@@ -259,19 +262,6 @@ fn sync(device: Device) {
     }
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
 fn l2_normalize(x: &Tensor, dim: i64) -> Tensor {
     // As the model's: x / max(‖x‖, 1e-12).
     let norm = x
@@ -493,42 +483,26 @@ fn setup(case: &Case, args: &Args, threads: usize) -> anyhow::Result<Setup> {
     })
 }
 
-fn python(args: &Args) -> PathBuf {
-    args.python
-        .clone()
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
-}
-
 /// Runs `train_step_bench.py` in `dir` (mode `check` or `time`) and returns its JSON.
 fn run_python(args: &Args, dir: &Path, mode: &str) -> anyhow::Result<Value> {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/train_step_bench.py");
-    let out = dir.join(format!("{mode}.json"));
-    let status = Command::new(python(args))
-        .arg(&script)
-        .arg(mode)
-        .args([
+    let out = format!("{mode}.json");
+    run_reference(
+        &python(args.python.as_deref()),
+        "train_step_bench.py",
+        [
+            mode,
             "--init",
             "init.safetensors",
             "--batches",
             "batches.safetensors",
-        ])
-        .args(["--config", "config.json", "--out"])
-        .arg(&out)
-        .current_dir(dir)
-        .status()
-        .with_context(|| {
-            format!(
-                "run {} (scripts/setup-python.sh creates the venv)",
-                python(args).display()
-            )
-        })?;
-    ensure!(
-        status.success(),
-        "{} {mode} failed: {status}",
-        script.display()
-    );
-    Ok(serde_json::from_slice(&std::fs::read(&out)?)?)
+            "--config",
+            "config.json",
+            "--out",
+            &out,
+        ],
+        Some(dir),
+        Path::new(&out),
+    )
 }
 
 /// First-step losses: `train_step` and the phase-by-phase step in Rust, and the reference's
@@ -743,18 +717,13 @@ fn main() -> anyhow::Result<()> {
             rust_phases.push(phases);
             python_phases.push(phases_of(&reference)?);
         }
-        let rust_s = median(&mut rust.clone());
-        let python_s = median(&mut python.clone());
+        let rust_s = median(&rust);
+        let python_s = median(&python);
         let phase_medians = |all: &[[f64; PHASES.len()]]| -> BTreeMap<&str, f64> {
             PHASES
                 .iter()
                 .enumerate()
-                .map(|(i, name)| {
-                    (
-                        *name,
-                        median(&mut all.iter().map(|p| p[i]).collect::<Vec<_>>()),
-                    )
-                })
+                .map(|(i, name)| (*name, median(&all.iter().map(|p| p[i]).collect::<Vec<_>>())))
                 .collect()
         };
         result.insert("rust_s_per_step", json!(rust_s));
