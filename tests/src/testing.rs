@@ -214,3 +214,40 @@ pub fn terminated(p: &Pod) -> Option<(i32, String)> {
 pub fn pod_ip(p: &Pod) -> Option<String> {
     p.status.as_ref()?.pod_ip.clone()
 }
+
+/// Everything the containers of pod `ns/name` wrote, from the node's log files.
+pub fn pod_log(cluster: &Cluster, ns: &str, name: &str) -> String {
+    let dir = cluster.state.pod_dir(ns, name).join("logs");
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+    }
+    out
+}
+
+/// For a failing test's message: every pod of `ns` with its phase and termination, and the last
+/// `tail` lines of its log.
+pub async fn describe_pods(tc: &TestCluster, ns: &str, tail: usize) -> String {
+    let mut out = String::new();
+    let pods: Api<Pod> = Api::namespaced(tc.client.clone(), ns);
+    let items = pods
+        .list(&kube::api::ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    for p in items {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        out.push_str(&format!(
+            "pod {name}: {} {:?}\n",
+            phase(&p).unwrap_or("?"),
+            terminated(&p)
+        ));
+        let log = pod_log(&tc.cluster, ns, &name);
+        let lines: Vec<&str> = log.lines().collect();
+        out.push_str(&format!(
+            "--- last {tail} log lines\n{}\n",
+            lines[lines.len().saturating_sub(tail)..].join("\n")
+        ));
+    }
+    out
+}

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::Pod;
 use kontrast_api::v1alpha1::{ContrastiveRun, EvaluationPhase, RunPhase};
 use kontrast_tests::chart;
 use kontrast_tests::cluster::cache_dir;
@@ -23,7 +22,6 @@ use kontrast_tests::prometheus::{Sample, ScrapeOptions};
 use kontrast_tests::testing::TestCluster;
 use kontrast_tests::wait;
 use kube::Api;
-use kube::api::ListParams;
 
 /// The run: the demo's manifest, applied as a person would.
 const MANIFEST: &str = "examples/local/demo.yaml";
@@ -178,32 +176,7 @@ async fn diagnose(tc: &TestCluster) -> String {
     if let Ok(run) = runs.get(RUN).await {
         out.push_str(&format!("run status: {:?}\n", run.status));
     }
-    let pods: Api<Pod> = Api::namespaced(tc.client.clone(), NS);
-    for p in pods
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
-        let name = p.metadata.name.clone().unwrap_or_default();
-        let phase = kontrast_tests::testing::phase(&p)
-            .unwrap_or("?")
-            .to_string();
-        out.push_str(&format!(
-            "pod {name}: {phase} {:?}\n",
-            kontrast_tests::testing::terminated(&p)
-        ));
-        let logs = tc.cluster.state.pod_dir(NS, &name).join("logs");
-        for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
-            out.push_str(&format!(
-                "--- {} (last 30 lines)\n{tail}\n",
-                entry.path().display()
-            ));
-        }
-    }
+    out.push_str(&kontrast_tests::testing::describe_pods(tc, NS, 30).await);
     out.push_str(&format!(
         "--- operator log\n{}\n",
         chart::operator_log(&tc.client, &tc.cluster.state, RELEASE_NS).await

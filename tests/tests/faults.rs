@@ -198,24 +198,7 @@ impl Test {
         if let Ok(run) = self.runs.get(RUN).await {
             out.push_str(&format!("status: {:#?}\n", run.status));
         }
-        let pods: Api<Pod> = Api::namespaced(self.tc.client.clone(), NS);
-        for p in pods
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default()
-        {
-            let name = p.metadata.name.clone().unwrap_or_default();
-            out.push_str(&format!(
-                "pod {name}: {:?} {:?}\n",
-                kontrast_tests::testing::phase(&p),
-                kontrast_tests::testing::terminated(&p)
-            ));
-            let tail = self.pod_log(&name);
-            let lines: Vec<&str> = tail.lines().collect();
-            out.push_str(&lines[lines.len().saturating_sub(15)..].join("\n"));
-            out.push('\n');
-        }
+        out.push_str(&kontrast_tests::testing::describe_pods(&self.tc, NS, 15).await);
         let logs = self.tc.cluster.state.state_dir.join("logs");
         for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -233,12 +216,7 @@ impl Test {
 
     /// Everything the containers of `pod` wrote.
     fn pod_log(&self, pod: &str) -> String {
-        let dir = self.tc.cluster.state.pod_dir(NS, pod).join("logs");
-        let mut out = String::new();
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-        }
-        out
+        kontrast_tests::testing::pod_log(&self.tc.cluster, NS, pod)
     }
 
     /// The step rank 0 of `attempt` resumed from, from its log line `resumed epoch=E step=S`.
