@@ -92,6 +92,10 @@ fn pod_view(p: &Pod) -> Option<PodView> {
             .reason
             .clone()
             .or_else(|| terminated.as_ref().and_then(|t| t.reason.clone())),
+        finished_at: terminated
+            .as_ref()
+            .and_then(|t| t.finished_at.as_ref())
+            .map(|t| t.0.as_second()),
         message: terminated
             .and_then(|t| t.message)
             .or(status.message)

@@ -26,12 +26,14 @@ pub struct PodView {
     pub reason: Option<String>,
     /// Termination message (tail) or status message.
     pub message: Option<String>,
+    /// When that container terminated, in seconds since the epoch (Kubernetes keeps seconds).
+    pub finished_at: Option<i64>,
 }
 
 /// Why an attempt ended badly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    /// The pod that failed first (lowest rank among the failed).
+    /// The pod that failed first (see [`decide`] for how ties are broken).
     pub pod: String,
     /// Its rank.
     pub rank: u32,
@@ -122,9 +124,22 @@ pub fn decide(s: GangState, pods: &[PodView]) -> Decision {
     if !stale.is_empty() {
         return Decision::RemoveStale(stale);
     }
-    let mut failures: Vec<Failure> = pods.iter().filter_map(failure_of).collect();
-    failures.sort_by_key(|f| (f.reason == "Deleted", f.rank));
-    if let Some(f) = failures.into_iter().next() {
+    // The first rank to fail is the likeliest cause: the others then fail because a peer is
+    // gone. Termination times have a resolution of a second, so within one a rank killed by a
+    // signal (exit code above 128) goes first, then the lowest rank. Deleted pods come last: a
+    // deletion is often the operator's own clean-up or a disruption, not the cause.
+    let first = pods
+        .iter()
+        .filter_map(|p| failure_of(p).map(|f| (p, f)))
+        .min_by_key(|(p, f)| {
+            (
+                f.reason == "Deleted",
+                p.finished_at.unwrap_or(i64::MAX),
+                p.exit_code.is_none_or(|c| c <= 128),
+                f.rank,
+            )
+        });
+    if let Some((_, f)) = first {
         return Decision::AttemptFailed(f);
     }
     let missing: Vec<u32> = (0..s.nodes)
@@ -164,6 +179,7 @@ mod tests {
             exit_code: None,
             reason: None,
             message: None,
+            finished_at: None,
         }
     }
 
@@ -184,6 +200,33 @@ mod tests {
     fn pods_of_an_earlier_attempt_are_removed_before_anything_else() {
         let d = decide(state(2, false), &[pod(0, 1, "Running")]);
         assert_eq!(d, Decision::RemoveStale(vec!["r-w-1-0".into()]));
+    }
+
+    #[test]
+    fn the_rank_that_failed_first_is_the_cause_not_the_peers_that_lost_it() {
+        // Rank 1 killed by SIGKILL (the launcher exits 137); rank 0 fails after it in its
+        // collective, in the same second or a later one.
+        let mut killed = pod(1, 1, "Failed");
+        (killed.exit_code, killed.finished_at) = (Some(137), Some(100));
+        for later in [100, 101] {
+            let mut peer = pod(0, 1, "Failed");
+            peer.exit_code = Some(1);
+            peer.message = Some("all_gather failed: Connection reset by peer".into());
+            peer.finished_at = Some(later);
+            let Decision::AttemptFailed(f) = decide(state(1, true), &[peer, killed.clone()]) else {
+                panic!()
+            };
+            assert_eq!((f.rank, f.exit_code), (1, Some(137)), "rank 0 at {later}");
+        }
+        // Without times or signals the lowest rank is reported.
+        let mut a = pod(0, 1, "Failed");
+        a.exit_code = Some(1);
+        let mut b = pod(1, 1, "Failed");
+        b.exit_code = Some(1);
+        let Decision::AttemptFailed(f) = decide(state(1, true), &[b, a]) else {
+            panic!()
+        };
+        assert_eq!(f.rank, 0);
     }
 
     #[test]
