@@ -3,7 +3,7 @@
 //! every state.
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -28,7 +28,7 @@ use crate::cache;
 use crate::gang::{self, Decision, GangState, PERMANENT_EXIT_CODE, PodView};
 use crate::metrics::Metrics;
 use crate::objects::{self, names};
-use crate::{Error, Result, conditions, progress};
+use crate::{Error, Result, conditions, progress, stall};
 
 /// Field manager of every server-side apply.
 pub const MANAGER: &str = "kontrast-operator";
@@ -47,6 +47,8 @@ pub struct Context {
     pub http: reqwest::Client,
     /// Caches of the owned ConfigMaps and Services.
     pub owned: crate::cache::Owned,
+    /// The stall clock of every training run.
+    pub stall: crate::stall::Clocks,
 }
 
 fn kube_err(operation: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
@@ -87,6 +89,12 @@ fn pod_view(p: &Pod) -> Option<PodView> {
         rank,
         phase: status.phase.clone().unwrap_or_else(|| "Pending".into()),
         deleting: p.metadata.deletion_timestamp.is_some(),
+        // The deletion timestamp is when the grace period ends, not when deletion was asked for.
+        deleted_at: p
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second() - p.metadata.deletion_grace_period_seconds.unwrap_or(0)),
         exit_code: terminated.as_ref().map(|t| t.exit_code),
         reason: status
             .reason
@@ -243,6 +251,7 @@ impl Run<'_> {
     }
 
     async fn fail(&mut self, why: &str, message: String) -> Result<Action> {
+        self.ctx.stall.forget(&self.clock_key());
         self.set_phase(RunPhase::Failed);
         self.status.completion_time = Some(now());
         self.condition(condition::TRAINING, false, why, &message);
@@ -367,26 +376,30 @@ impl Run<'_> {
         }
     }
 
-    async fn poll_progress(&mut self, pods: &[Pod]) -> Option<gang::Failure> {
+    async fn poll_progress(&mut self, pods: &[Pod], attempt: u32) -> Option<gang::Failure> {
         let rank0 = pods
             .iter()
             .find(|p| pod_view(p).is_some_and(|v| v.rank == 0))?;
         let ip = rank0.status.as_ref()?.pod_ip.clone()?;
         let report = progress::fetch(&self.ctx.http, &ip, self.run.spec.metrics.port).await;
-        let now_ts = Timestamp::now();
+        let step = report.as_ref().map(|r| r.step);
         if let Some(r) = report {
             self.record_progress(r);
         }
-        // A stall is measured from the last step change, or from the attempt's start when rank 0
-        // never answered.
-        let since = self
-            .status
-            .progress
-            .as_ref()
-            .and_then(|p| p.updated_at.clone())
-            .or_else(|| self.training_since());
+        let idle = self.ctx.stall.observe(
+            &self.clock_key(),
+            stall::Observation {
+                attempt,
+                step,
+                all_started: pods
+                    .iter()
+                    .filter_map(pod_view)
+                    .all(|v| v.phase == "Running"),
+            },
+            Instant::now(),
+        );
         let limit = self.run.spec.failure_policy.stall_timeout_seconds()?;
-        let idle = since.map(|t| (now_ts.as_second() - t.0.as_second()) as f64)?;
+        let idle = idle.as_secs_f64();
         (idle > limit).then(|| gang::Failure {
             pod: rank0.name_any(),
             rank: 0,
@@ -400,10 +413,12 @@ impl Run<'_> {
         })
     }
 
-    fn training_since(&self) -> Option<Time> {
-        conditions::get(&self.status.conditions, condition::TRAINING)
-            .filter(|c| c.status == "True")
-            .map(|c| c.last_transition_time.clone())
+    fn clock_key(&self) -> String {
+        self.run
+            .metadata
+            .uid
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}", self.ns, self.name))
     }
 
     async fn train(&mut self, config: &RunConfig) -> Result<Action> {
@@ -431,14 +446,12 @@ impl Run<'_> {
             self.worker_pods().await?
         };
         let views: Vec<PodView> = pods.iter().filter_map(pod_view).collect();
-        match gang::decide(
-            GangState {
-                attempt,
-                nodes: self.run.spec.nodes,
-                created,
-            },
-            &views,
-        ) {
+        let state = GangState {
+            attempt,
+            nodes: self.run.spec.nodes,
+            created,
+        };
+        match gang::decide(state, &views) {
             Decision::RemoveStale(stale) => {
                 self.delete_pods(&stale).await?;
                 if self.status.phase.is_none() {
@@ -472,11 +485,6 @@ impl Run<'_> {
                 }
                 tracing::info!(run = %self.name, attempt, ranks = ?ranks, "created worker pods");
                 self.status.start_time.get_or_insert_with(now);
-                // The stall clock of a new attempt starts now, not at the previous attempt's
-                // last step (whose numbers the new rank 0 may repeat while it resumes).
-                if let Some(p) = self.status.progress.as_mut() {
-                    p.updated_at = Some(now());
-                }
                 self.set_phase(RunPhase::Training);
                 let msg = format!(
                     "attempt {attempt}: {} worker pods created",
@@ -490,14 +498,25 @@ impl Run<'_> {
                 Ok(Action::requeue(POLL))
             }
             Decision::Running => {
-                if let Some(stall) = self.poll_progress(&pods).await {
-                    return self.attempt_failed(stall, attempt).await;
+                let Some(stall) = self.poll_progress(&pods, attempt).await else {
+                    self.save_status().await?;
+                    return Ok(Action::requeue(POLL));
+                };
+                if whole {
+                    // A silent rank 0 may have finished or failed where the cache cannot see it
+                    // yet (it lags after an outage): only the apiserver's pods may restart a gang.
+                    let fresh = self.worker_pods().await?;
+                    let views: Vec<PodView> = fresh.iter().filter_map(pod_view).collect();
+                    if gang::decide(state, &views) != Decision::Running {
+                        self.save_status().await?;
+                        return Ok(Action::requeue(Duration::from_secs(1)));
+                    }
                 }
-                self.save_status().await?;
-                Ok(Action::requeue(POLL))
+                self.attempt_failed(stall, attempt).await
             }
             Decision::AttemptFailed(f) => self.attempt_failed(f, attempt).await,
             Decision::Succeeded => {
+                self.ctx.stall.forget(&self.clock_key());
                 // Rank 0 leaves its final progress report as its termination message.
                 let last = pods
                     .iter()

@@ -28,6 +28,8 @@ pub struct PodView {
     pub message: Option<String>,
     /// When that container terminated, in seconds since the epoch (Kubernetes keeps seconds).
     pub finished_at: Option<i64>,
+    /// When the pod's deletion was requested, in seconds since the epoch.
+    pub deleted_at: Option<i64>,
 }
 
 /// Why an attempt ended badly.
@@ -88,12 +90,32 @@ fn is_disruption(reason: &str) -> bool {
     )
 }
 
+/// A pod being deleted counts as deleted unless its container failed before the deletion was
+/// asked for: the SIGTERM of a deletion makes the container exit with an error too.
+fn deleted(p: &PodView) -> bool {
+    p.deleting
+        && (p.phase != "Failed"
+            || match (p.finished_at, p.deleted_at) {
+                (Some(finished), Some(deleted)) => finished >= deleted,
+                _ => true,
+            })
+}
+
+/// When the pod failed or its deletion was asked for (seconds since the epoch).
+fn failed_at(p: &PodView) -> Option<i64> {
+    if deleted(p) {
+        p.deleted_at
+    } else {
+        p.finished_at
+    }
+}
+
 fn failure_of(p: &PodView) -> Option<Failure> {
     let failed_phase = p.phase == "Failed";
     if !failed_phase && !p.deleting {
         return None;
     }
-    let reason = if p.deleting && !failed_phase {
+    let reason = if deleted(p) {
         "Deleted".to_string()
     } else {
         p.reason.clone().unwrap_or_else(|| "Error".to_string())
@@ -124,17 +146,18 @@ pub fn decide(s: GangState, pods: &[PodView]) -> Decision {
     if !stale.is_empty() {
         return Decision::RemoveStale(stale);
     }
-    // The first rank to fail is the likeliest cause: the others then fail because a peer is
-    // gone. Termination times have a resolution of a second, so within one a rank killed by a
-    // signal (exit code above 128) goes first, then the lowest rank. Deleted pods come last: a
-    // deletion is often the operator's own clean-up or a disruption, not the cause.
+    // The first rank to fail (or to be deleted) is the likeliest cause: the others then fail
+    // because a peer is gone. Times have a resolution of a second, so within one a deletion goes
+    // first (its SIGTERM ends the others), then a rank killed by a signal (exit code above 128),
+    // then the lowest rank. The operator's own deletions never reach this: it records the
+    // attempt's failure before it deletes the attempt's pods.
     let first = pods
         .iter()
         .filter_map(|p| failure_of(p).map(|f| (p, f)))
         .min_by_key(|(p, f)| {
             (
-                f.reason == "Deleted",
-                p.finished_at.unwrap_or(i64::MAX),
+                failed_at(p).unwrap_or(i64::MAX),
+                f.reason != "Deleted",
                 p.exit_code.is_none_or(|c| c <= 128),
                 f.rank,
             )
@@ -180,6 +203,7 @@ mod tests {
             reason: None,
             message: None,
             finished_at: None,
+            deleted_at: None,
         }
     }
 
@@ -292,14 +316,46 @@ mod tests {
     }
 
     #[test]
-    fn a_real_failure_is_reported_before_a_deletion_it_caused() {
+    fn a_real_failure_is_reported_before_a_later_deletion() {
         let mut bad = pod(1, 1, "Failed");
-        bad.exit_code = Some(PERMANENT_EXIT_CODE);
+        (bad.exit_code, bad.finished_at) = (Some(PERMANENT_EXIT_CODE), Some(100));
         let mut deleting = pod(0, 1, "Running");
-        deleting.deleting = true;
+        (deleting.deleting, deleting.deleted_at) = (true, Some(101));
         let Decision::AttemptFailed(f) = decide(state(1, true), &[deleting, bad]) else {
             panic!()
         };
         assert_eq!(f.exit_code, Some(PERMANENT_EXIT_CODE));
+    }
+
+    #[test]
+    fn a_deletion_is_reported_before_the_peer_failures_it_caused() {
+        // `kubectl delete pod` on rank 0: its SIGTERM ends it (exit 143, phase Failed on a real
+        // kubelet) and rank 1's collective fails, in the same second or later.
+        for (rank0_phase, peer_at) in [("Running", 100), ("Failed", 100), ("Failed", 102)] {
+            let mut deleted = pod(0, 1, rank0_phase);
+            (deleted.deleting, deleted.deleted_at) = (true, Some(100));
+            if rank0_phase == "Failed" {
+                (deleted.exit_code, deleted.finished_at) = (Some(143), Some(101));
+            }
+            let mut peer = pod(1, 1, "Failed");
+            (peer.exit_code, peer.finished_at) = (Some(1), Some(peer_at));
+            let Decision::AttemptFailed(f) = decide(state(1, true), &[peer, deleted]) else {
+                panic!()
+            };
+            assert_eq!(
+                (f.rank, f.reason.as_str(), f.counted),
+                (0, "Deleted", false),
+                "rank 0 {rank0_phase}, rank 1 failed at {peer_at}"
+            );
+        }
+        // A pod that had failed on its own before someone deleted it keeps its own failure.
+        let mut failed = pod(0, 1, "Failed");
+        (failed.exit_code, failed.finished_at) = (Some(1), Some(100));
+        (failed.deleting, failed.deleted_at) = (true, Some(105));
+        let Decision::AttemptFailed(f) = decide(state(1, true), &[failed, pod(1, 1, "Running")])
+        else {
+            panic!()
+        };
+        assert_eq!((f.reason.as_str(), f.counted), ("Error", true));
     }
 }

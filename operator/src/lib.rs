@@ -11,6 +11,7 @@ pub mod leader;
 pub mod metrics;
 pub mod objects;
 pub mod progress;
+pub mod stall;
 
 /// Errors the operator reports; every variant names what failed.
 #[derive(Debug, thiserror::Error)]

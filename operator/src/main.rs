@@ -117,6 +117,7 @@ async fn main() -> Result<()> {
             },
         ),
         owned: kontrast_operator::cache::Owned::start(&client, args.namespace.as_deref()),
+        stall: Default::default(),
         client,
         metrics,
         http: reqwest::Client::new(),

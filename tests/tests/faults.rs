@@ -6,6 +6,7 @@
 //!    SIGKILLed while the gang restarts (the standby takes over, the killed one comes back);
 //! 2. the newest checkpoint is corrupted (one flipped byte) and a worker pod is evicted: a
 //!    disruption, not counted against `maxRestarts`, that resumes from the checkpoint before;
+//!    then rank 0's pod is deleted mid-epoch (`kubectl delete pod`): a disruption too;
 //! 3. rank 1 is frozen with SIGSTOP: rank 0 blocks in its collective, the operator's stall
 //!    detection restarts the gang instead of waiting for ever;
 //! 4. every operator replica is SIGKILLed mid-run and new ones started: the new leader adopts
@@ -33,7 +34,7 @@ use kontrast_tests::cluster::cache_dir;
 use kontrast_tests::testing::TestCluster;
 use kontrast_tests::wait;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::json;
 
 const NS: &str = "ml";
@@ -576,15 +577,43 @@ async fn a_run_survives_killed_evicted_frozen_ranks_a_killed_operator_and_a_corr
         "an eviction is a disruption, not a counted restart: {status:?}"
     );
 
-    // 3. Freeze rank 1: rank 0 waits in a collective, the stall detection restarts the gang.
+    // 2b. Delete rank 0's pod mid-epoch, as `kubectl delete pod` does (graceful, SIGTERM): a
+    //     disruption like the eviction; the next attempt resumes from the newest checkpoint.
     let before = t.mid_epoch(3, before.checkpoint).await;
+    let pods: Api<Pod> = Api::namespaced(t.tc.client.clone(), NS);
+    let fault = Instant::now();
+    pods.delete(&format!("{RUN}-w-3-0"), &DeleteParams::default())
+        .await
+        .expect("the apiserver deletes the pod");
+    let (epoch, _) = t
+        .recovered("worker pod deleted (rank 0)", fault, before, 4)
+        .await;
+    assert_eq!(
+        epoch, before.checkpoint,
+        "resumed from the newest checkpoint"
+    );
+    let status = t.status().await.status.expect("status");
+    assert_eq!(
+        (status.restarts, status.disruptions),
+        (1, 2),
+        "a deleted pod is a disruption, not a counted restart: {status:?}"
+    );
+    let failure = status.last_failure.expect("the deletion is recorded");
+    assert_eq!(
+        (failure.reason.as_str(), failure.rank, failure.counted),
+        ("Deleted", Some(0), false),
+        "{failure:?}"
+    );
+
+    // 3. Freeze rank 1: rank 0 waits in a collective, the stall detection restarts the gang.
+    let before = t.mid_epoch(4, before.checkpoint).await;
     let pid = training_process(1).expect("rank 1's training process");
     let fault = Instant::now();
     signal(pid, libc::SIGSTOP);
-    let (epoch, _) = t.recovered("rank SIGSTOP (hang)", fault, before, 4).await;
+    let (epoch, _) = t.recovered("rank SIGSTOP (hang)", fault, before, 5).await;
     assert!(epoch >= before.checkpoint);
     let status = t.status().await.status.expect("status");
-    assert_eq!((status.restarts, status.disruptions), (2, 1), "{status:?}");
+    assert_eq!((status.restarts, status.disruptions), (2, 2), "{status:?}");
     let failure = status.last_failure.expect("the stall is recorded");
     assert_eq!(failure.reason, "Stalled", "{failure:?}");
     assert!(
@@ -595,7 +624,7 @@ async fn a_run_survives_killed_evicted_frozen_ranks_a_killed_operator_and_a_corr
 
     // 4. Every operator replica SIGKILLed mid-run, new ones started: the gang trains on
     //    untouched and the new leader adopts it, no second gang.
-    let killed_at = t.mid_epoch(4, epoch).await;
+    let killed_at = t.mid_epoch(5, epoch).await;
     for r in &mut replicas {
         r.kill();
     }
@@ -637,7 +666,6 @@ async fn a_run_survives_killed_evicted_frozen_ranks_a_killed_operator_and_a_corr
             .map(|p| p.step),
         adopted.elapsed().as_secs_f64()
     );
-    let pods: Api<Pod> = Api::namespaced(t.tc.client.clone(), NS);
     let mut workers: Vec<String> = pods
         .list(
             &ListParams::default()
@@ -652,7 +680,7 @@ async fn a_run_survives_killed_evicted_frozen_ranks_a_killed_operator_and_a_corr
     workers.sort();
     assert_eq!(
         workers,
-        [format!("{RUN}-w-4-0"), format!("{RUN}-w-4-1")],
+        [format!("{RUN}-w-5-0"), format!("{RUN}-w-5-1")],
         "the gang the new leader found is the only one"
     );
     t.table.push((
@@ -663,7 +691,7 @@ async fn a_run_survives_killed_evicted_frozen_ranks_a_killed_operator_and_a_corr
 
     // 5. The control plane goes away while the gang trains: kube-apiserver and etcd stopped,
     //    then started again. Training needs neither; nothing may be restarted for it.
-    let before = t.mid_epoch(4, epoch + 1).await;
+    let before = t.mid_epoch(5, epoch + 1).await;
     let outage = Instant::now();
     t.tc.cluster
         .stop_component("kube-apiserver")
@@ -739,7 +767,7 @@ async fn a_run_survives_killed_evicted_frozen_ranks_a_killed_operator_and_a_corr
     );
     assert_eq!(
         (status.attempt, status.restarts, status.disruptions),
-        (Some(4), 2, 1),
+        (Some(5), 2, 2),
         "the control-plane outage must not restart the gang"
     );
 

@@ -39,6 +39,7 @@ fn start_operator(client: &kube::Client, lease: Option<&str>) -> OperatorHandle 
         metrics: Metrics::new().unwrap(),
         http: reqwest::Client::new(),
         owned: kontrast_operator::cache::Owned::start(client, None),
+        stall: Default::default(),
     });
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let lease = lease.map(|identity| LeaseConfig {
