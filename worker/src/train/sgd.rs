@@ -1,7 +1,32 @@
 //! SGD with momentum and weight decay, exactly PyTorch's `torch.optim.SGD` (dampening 0, no
 //! Nesterov). Written out rather than taken from tch because its momentum buffers must be
 //! checkpointed and tch's optimiser does not expose them.
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
+
+/// 0-dim tensors holding the step's factors, one per (value, dtype, device), made once a step.
+#[derive(Default)]
+struct Scalars {
+    made: Vec<(u64, Kind, Device, Tensor)>,
+}
+
+impl Scalars {
+    fn get(&mut self, value: f64, like: &Tensor) -> &Tensor {
+        let key = (value.to_bits(), like.kind(), like.device());
+        let i = match self
+            .made
+            .iter()
+            .position(|(v, k, d, _)| (*v, *k, *d) == key)
+        {
+            Some(i) => i,
+            None => {
+                let t = Tensor::scalar_tensor(value, (key.1, key.2));
+                self.made.push((key.0, key.1, key.2, t));
+                self.made.len() - 1
+            }
+        };
+        &self.made[i].3
+    }
+}
 
 /// Optimiser hyper-parameters (the learning rate is passed per step: it follows a schedule).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,11 +65,17 @@ impl Sgd {
     }
 
     /// `d = g + wd·p; buf = d` (first step) or `buf = μ·buf + d`; `p -= lr·buf`.
+    ///
+    /// Written as PyTorch's single-tensor SGD runs it: one temporary (`d`) and in-place passes,
+    /// where a product, a sum and a scaled copy each used to allocate a parameter-sized tensor
+    /// (fresh allocations fault pages in on every step on the CPU). The products are the
+    /// reference's (`alpha·x` there, `x·alpha` here: the same rounding).
     pub fn step(&mut self, lr: f64) {
         let SgdConfig {
             momentum,
             weight_decay,
         } = self.config;
+        let mut scalars = Scalars::default();
         tch::no_grad(|| {
             for (p, slot) in self.params.iter().zip(self.momentum_buffers.iter_mut()) {
                 let grad = p.grad();
@@ -52,7 +83,7 @@ impl Sgd {
                     continue;
                 }
                 let d = if weight_decay != 0.0 {
-                    &grad + p * weight_decay
+                    grad.addcmul(p, scalars.get(weight_decay, p))
                 } else {
                     grad
                 };
@@ -72,7 +103,7 @@ impl Sgd {
                     d
                 };
                 let mut p = p.shallow_clone();
-                let _ = p.g_sub_(&(direction * lr));
+                let _ = p.addcmul_(&direction, scalars.get(-lr, &p));
             }
         });
     }
