@@ -110,6 +110,20 @@ pub enum EvaluationKind {
     Retrieval,
 }
 
+/// segmentation only: `linear` (default) trains a linear probe on the frozen backbone's dilated
+/// features; `finetune` fine-tunes the whole backbone with a two-layer 3×3 head, the paper's
+/// protocol (voc: SGD lr 0.003, step decay; cityscapes: Adam lr 1e-4, poly decay).
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum SegmentationMode {
+    /// A linear probe: the frozen backbone's dilated features, standardised, and a 1×1
+    /// convolution (the cheap signal).
+    #[default]
+    Linear,
+    /// The paper's protocol: the whole backbone fine-tuned with a two-layer 3×3 head.
+    Finetune,
+}
+
 impl EvaluationKind {
     /// The dataset formats this kind can read.
     pub fn formats(self) -> &'static [EvaluationDatasetFormat] {
@@ -144,6 +158,10 @@ pub struct RunConfig {
     pub metrics: MetricsConfig,
     /// Evaluations run after training, in order.
     pub evaluations: Vec<EvaluationConfig>,
+    /// The kNN monitor evaluated during training; `None` when off. Documents written before the
+    /// field existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<KnnMonitorConfig>,
 }
 
 /// Pre-training dataset.
@@ -329,6 +347,31 @@ pub struct EvaluationDatasetConfig {
     pub path: String,
 }
 
+/// The kNN monitor: weighted kNN on a capped labelled split, evaluated by rank 0 during training.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KnnMonitorConfig {
+    /// Evaluate after every this many epochs (≥ 1) and after the last.
+    pub every_epochs: u32,
+    /// The labelled data (`imagefolder` or `fashionMnist`).
+    pub dataset: EvaluationDatasetConfig,
+    /// Neighbours.
+    pub k: u32,
+    /// Similarity temperature of the vote weights.
+    pub temperature: f64,
+    /// Most memory-bank images (evenly spaced over the train split).
+    pub max_train_images: u32,
+    /// Most query images (evenly spaced over the test or val split).
+    pub max_val_images: u32,
+}
+
+impl KnnMonitorConfig {
+    /// Whether the monitor runs after `done` of `epochs` epochs.
+    pub fn due(&self, done: u32, epochs: u32) -> bool {
+        done.is_multiple_of(self.every_epochs.max(1)) || done == epochs
+    }
+}
+
 /// An evaluation protocol and its parameters.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
 #[serde(
@@ -349,12 +392,15 @@ pub enum EvaluationTask {
         /// SVM cost `C`.
         cost: f64,
     },
-    /// Segmentation fine-tuning.
+    /// Segmentation: a linear probe or fine-tuning.
     Segmentation {
-        /// Fine-tuning epochs.
+        /// Training epochs.
         epochs: u32,
-        /// Fine-tuning batch size.
+        /// Training batch size.
         batch_size: u32,
+        /// Linear probe or full fine-tuning (configs written before the field: linear).
+        #[serde(default)]
+        mode: SegmentationMode,
     },
     /// DAVIS label propagation.
     Davis {

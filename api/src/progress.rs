@@ -25,6 +25,21 @@ pub struct Report {
     /// Newest checkpoint written, if any.
     #[serde(default)]
     pub checkpoint: Option<CheckpointReport>,
+    /// The kNN monitor's latest result, if it is on and has run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn_monitor: Option<KnnMonitorReport>,
+}
+
+/// One result of the kNN monitor.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KnnMonitorReport {
+    /// Epochs trained when it was measured.
+    pub epoch: u32,
+    /// Top-1 accuracy in percent.
+    pub top1: f64,
+    /// Top-5 accuracy in percent.
+    pub top5: f64,
 }
 
 /// A checkpoint rank 0 has written.
@@ -61,9 +76,15 @@ mod tests {
             loss: None,
             images_per_second: Some(9.5),
             checkpoint: None,
+            knn_monitor: Some(KnnMonitorReport {
+                epoch: 1,
+                top1: 70.5,
+                top5: 98.0,
+            }),
         };
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains("\"imagesPerSecond\":9.5"), "{text}");
+        assert!(text.contains("\"knnMonitor\":{\"epoch\":1"), "{text}");
         assert_eq!(serde_json::from_str::<Report>(&text).unwrap(), r);
     }
 }

@@ -14,7 +14,7 @@ use kontrast_api::config::RunConfig;
 use kontrast_api::labels;
 use kontrast_api::v1alpha1::{
     CheckpointRef, ContrastiveRun, ContrastiveRunStatus, EvaluationPhase, EvaluationStatus,
-    Failure, Progress, RunPhase, condition, reason,
+    Failure, KnnMonitorResult, Progress, RunPhase, condition, reason,
 };
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Resource, ResourceExt,
@@ -353,6 +353,11 @@ impl Run<'_> {
             total_steps: r.total_steps,
             images_per_second: r.images_per_second,
             loss: r.loss,
+            knn_monitor: r.knn_monitor.map(|k| KnnMonitorResult {
+                epoch: k.epoch,
+                top1: k.top1,
+                top5: k.top5,
+            }),
             updated_at,
         });
         if let Some(c) = r.checkpoint {
@@ -373,6 +378,10 @@ impl Run<'_> {
         if let Some(ips) = r.images_per_second {
             m.with_label_values(&[&self.ns, &self.name, "images_per_second"])
                 .set(ips);
+        }
+        if let Some(k) = r.knn_monitor {
+            m.with_label_values(&[&self.ns, &self.name, "knn_monitor_top1"])
+                .set(k.top1);
         }
     }
 

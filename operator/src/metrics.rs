@@ -106,7 +106,7 @@ impl Metrics {
         let run_progress = GaugeVec::new(
             Opts::new(
                 "kontrast_run_progress",
-                "Training progress reported by rank 0 (field: epoch, step, loss, images_per_second)",
+                "Training progress reported by rank 0 (field: epoch, step, loss, images_per_second, knn_monitor_top1)",
             ),
             &["namespace", "run", "field"],
         )?;

@@ -17,6 +17,14 @@ Usage:
       Fashion-MNIST items pasted onto a background, with exact masks (not VOC content). TRAIN
       images come from the training split, VAL from the test split; VAL = 0 makes val.txt list
       the training images again.
+  miou_reference.py cityscapes-fixture FASHION_MNIST_DIR ROOT TRAIN VAL
+      Writes a synthetic Cityscapes root in the exact on-disk layout
+      (leftImg8bit/{train,val}/<city>/<city>_<frame>_000019_leftImg8bit.png, RGB, and
+      gtFine/{train,val}/<city>/…_gtFine_labelIds.png, 8-bit grey label ids, with a
+      …_gtFine_color.png beside it that readers must skip): 96×48 street-like frames, sky (id 23)
+      above road (id 7), a Fashion-MNIST item pasted as one of ten evaluated classes, a band of
+      ego vehicle (id 1, not evaluated) at the bottom. TRAIN frames from the training split over
+      two cities, VAL from the test split in a third (not Cityscapes content).
 """
 import gzip
 import json
@@ -148,8 +156,57 @@ def cmd_voc_seg_fixture(fashion, root, train, val):
             f.writelines(i + "\n" for i in ids)
 
 
+# --- the synthetic Cityscapes fixture -------------------------------------------------------
+
+# Fashion-MNIST label → Cityscapes label id of an evaluated class: person, pole, vegetation,
+# rider, car, bicycle, truck, motorcycle, traffic sign, bus. Arbitrary but fixed.
+CITY_ID_OF = [24, 17, 21, 25, 26, 33, 27, 32, 20, 28]
+CITY_W, CITY_H = 96, 48
+
+
+def street(item, label, index):
+    """A 96×48 frame: sky over road, the item pasted on the road, an ego-vehicle band."""
+    ys, xs = np.mgrid[0:CITY_H, 0:CITY_W]
+    horizon = CITY_H // 3
+    sky = np.stack([np.full_like(xs, 110), np.full_like(xs, 150 + index % 40), 230 - ys], -1)
+    road = np.stack([70 + xs % 9, 70 + xs % 9, np.full_like(xs, 80 + index % 30)], -1)
+    image = np.where((ys < horizon)[..., None], sky, road).astype(np.uint8)
+    ids = np.where(ys < horizon, 23, 7).astype(np.uint8)
+    left, top = 4 + index * 13 % (CITY_W - 32), 8 + index * 3 % 8
+    obj = np.zeros((CITY_H, CITY_W), dtype=bool)
+    obj[top:top + 28, left:left + 28] = item >= 32
+    grey = item[..., None].astype(np.int32)
+    patch = image[top:top + 28, left:left + 28]
+    patch[:] = np.where(item[..., None] >= 32, np.concatenate([255 - grey, grey, grey // 3], -1), patch)
+    ids[obj] = CITY_ID_OF[label]
+    ids[CITY_H - 3:] = 1
+    return image, ids
+
+
+def cmd_cityscapes_fixture(fashion, root, train, val):
+    from PIL import Image
+
+    train, val = int(train), int(val)
+    for split, prefix, n, cities in [("train", "train", train, ["aachen", "bochum"]),
+                                     ("val", "t10k", val, ["frankfurt"])]:
+        images = read_idx(os.path.join(fashion, f"{prefix}-images-idx3-ubyte.gz"))[:n]
+        labels = read_idx(os.path.join(fashion, f"{prefix}-labels-idx1-ubyte.gz"))[:n]
+        for i, (item, label) in enumerate(zip(images, labels)):
+            city = cities[i % len(cities)]
+            stem = f"{city}_{i:06d}_000019"
+            image_dir = os.path.join(root, "leftImg8bit", split, city)
+            label_dir = os.path.join(root, "gtFine", split, city)
+            os.makedirs(image_dir, exist_ok=True)
+            os.makedirs(label_dir, exist_ok=True)
+            image, ids = street(item, int(label), i)
+            Image.fromarray(image).save(os.path.join(image_dir, stem + "_leftImg8bit.png"))
+            Image.fromarray(ids, mode="L").save(os.path.join(label_dir, stem + "_gtFine_labelIds.png"))
+            Image.fromarray(image).save(os.path.join(label_dir, stem + "_gtFine_color.png"))
+
+
 if __name__ == "__main__":
-    commands = {"miou": cmd_miou, "voc-seg-fixture": cmd_voc_seg_fixture}
+    commands = {"miou": cmd_miou, "voc-seg-fixture": cmd_voc_seg_fixture,
+                "cityscapes-fixture": cmd_cityscapes_fixture}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])

@@ -1,11 +1,15 @@
 //! Segmentation scores against the reference meter (`tests/reference/miou_reference.py`), the
-//! dilated backbone against torchvision (`tests/reference/segmentation_reference.py`), and
-//! `kontrast eval` running segment retrieval and the segmentation linear probe end to end.
+//! dilated backbone and the fine-tuning head against PyTorch
+//! (`tests/reference/segmentation_reference.py`), fine-tuning against the linear probe on the
+//! backbone's weights, and `kontrast eval` running segment retrieval, the segmentation linear
+//! probe and fine-tuning on VOC and Cityscapes end to end.
 //!
 //! The retrieval runs on a synthetic PASCAL VOC segmentation root in the exact on-disk layout
 //! (JPEG images, palette-PNG masks with a 255 boundary ring, `ImageSets/Segmentation` lists),
 //! written at test time by the reference script from real Fashion-MNIST items pasted onto a
-//! background, with exact masks (not VOC content).
+//! background, with exact masks (not VOC content); the Cityscapes root likewise
+//! (`leftImg8bit/`, `gtFine/…_labelIds.png`): street-like frames with the items as evaluated
+//! classes.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -15,9 +19,14 @@ use std::time::Duration;
 use common::{Proc, fashion_mnist_subset, small_run, train_for_eval};
 use kontrast_api::config::{
     Arch, EvaluationConfig, EvaluationDatasetConfig, EvaluationDatasetFormat, EvaluationTask,
+    SegmentationMode,
 };
 use kontrast_data::segment::IGNORE;
+use kontrast_worker::eval::finetune::{self, Finetune, FinetuneOptimiser};
+use kontrast_worker::eval::finetune_head::FinetuneHead;
 use kontrast_worker::eval::miou::ConfusionMatrix;
+use kontrast_worker::eval::segmentation::{self, LINEAR_LR, LinearProbe};
+use kontrast_worker::eval::segmentation_data::SegmentationData;
 use kontrast_worker::model::{Moco, MocoSpec};
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
@@ -391,6 +400,7 @@ fn a_segmentation_linear_probe_trains_and_lands_in_the_termination_log() {
             task: EvaluationTask::Segmentation {
                 epochs: EPOCHS,
                 batch_size: 4,
+                mode: SegmentationMode::Linear,
             },
         });
     }
@@ -451,4 +461,344 @@ fn a_segmentation_linear_probe_trains_and_lands_in_the_termination_log() {
     assert_eq!(status.code(), Some(78), "{}", proc.stderr());
     let message = std::fs::read_to_string(dir.path().join("termination-log")).unwrap_or_default();
     assert!(message.contains("PASCAL VOC"), "{message}");
+}
+
+/// Largest `|a − b|` over the largest `|b|` (at least 1e-12).
+fn relative_difference(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    let diff = (a - b).abs().max().double_value(&[]);
+    diff / b.abs().max().double_value(&[]).max(1e-12)
+}
+
+/// The fine-tuning head against a PyTorch `nn.Sequential` of the same layers on the same
+/// weights and input: logits in training and evaluation mode, gradients, running statistics.
+#[test]
+fn the_finetune_head_matches_pytorch() {
+    // Float32 sums of a few thousand terms in another order: a few ulps of the largest value.
+    const TOLERANCE: f64 = 1e-5;
+    tch::manual_seed(11);
+    let (features, classes, dilation, size) = (32i64, 5i64, 2i64, [37i64, 53]);
+    let head = FinetuneHead::new(features, classes, dilation, Device::Cpu);
+    let opts = (Kind::Float, Device::Cpu);
+    // Running statistics and affine parameters away from their initial values.
+    for (name, value) in [
+        ("1.running_mean", Tensor::randn([256], opts) * 0.1),
+        ("1.running_var", Tensor::rand([256], opts) + 0.5),
+        ("4.weight", Tensor::rand([256], opts) + 0.5),
+        ("4.bias", Tensor::randn([256], opts) * 0.1),
+    ] {
+        assert!(head.set(name, &value), "{name}");
+    }
+    let x = Tensor::randn([2, features, 5, 7], opts) * 2.0;
+    let probe = Tensor::randn([2, classes, size[0], size[1]], opts);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (src, dst) = (
+        dir.path().join("head.safetensors"),
+        dir.path().join("out.safetensors"),
+    );
+    let mut tensors: Vec<(String, Tensor)> = head
+        .named()
+        .into_iter()
+        .map(|(n, t)| (format!("head.{n}"), t.detach().copy()))
+        .collect();
+    tensors.extend([
+        ("features".to_string(), x.copy()),
+        ("probe".to_string(), probe.copy()),
+        ("dilation".to_string(), Tensor::from_slice(&[dilation])),
+        ("size".to_string(), Tensor::from_slice(&size)),
+    ]);
+    Tensor::write_safetensors(&tensors, &src).expect("write the head");
+    let status = Command::new(common::python())
+        .arg(common::reference_script("segmentation_reference.py"))
+        .arg("head")
+        .arg(&src)
+        .arg(&dst)
+        .status()
+        .expect("run the Python reference (`make setup` installs the venv)");
+    assert!(status.success(), "the reference failed: {status}");
+    let reference: Vec<(String, Tensor)> =
+        Tensor::read_safetensors(&dst).expect("the reference's outputs");
+    let get = |n: &str| {
+        reference
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, t)| t.shallow_clone())
+            .unwrap_or_else(|| panic!("the reference wrote no {n}"))
+    };
+
+    let train = head.forward_t(&x, size[0], size[1], true);
+    (&train * &probe).sum(Kind::Float).backward();
+    let eval = tch::no_grad(|| head.forward_t(&x, size[0], size[1], false));
+    let mut report = Vec::new();
+    report.push((
+        "train logits".to_string(),
+        relative_difference(&train.detach(), &get("train")),
+    ));
+    report.push((
+        "eval logits".to_string(),
+        relative_difference(&eval, &get("eval")),
+    ));
+    for (name, t) in head.named() {
+        let ours = if t.requires_grad() {
+            (format!("grad.{name}"), t.grad())
+        } else {
+            (name.to_string(), t)
+        };
+        let diff = relative_difference(&ours.1, &get(&ours.0));
+        report.push((ours.0, diff));
+    }
+    println!("finetune head vs PyTorch (relative to the largest value): {report:?}");
+    for (what, diff) in report {
+        assert!(diff < TOLERANCE, "{what}: {diff:e}");
+    }
+}
+
+/// A small query encoder for library-level runs (ResNet-18, width 8, CIFAR stem: 64 features).
+fn small_moco() -> Moco {
+    tch::manual_seed(5);
+    Moco::new(
+        MocoSpec {
+            arch: Arch::Resnet18,
+            cifar_stem: true,
+            width: 8,
+            dim: 16,
+            queue_size: 32,
+            mlp: true,
+            momentum: 0.99,
+            temperature: 0.2,
+            knn: None,
+            shuffle_keys: false,
+        },
+        Device::Cpu,
+    )
+}
+
+/// Every tensor of the query encoder's backbone (parameters and running statistics), copied.
+fn backbone_state(moco: &Moco) -> Vec<(String, Tensor)> {
+    moco.params()
+        .entries()
+        .iter()
+        .filter(|e| e.name.starts_with("encoder_q.") && !e.name.starts_with("encoder_q.fc."))
+        .map(|e| (e.name.clone(), e.tensor.detach().copy()))
+        .collect()
+}
+
+fn segmentation_data(
+    format: EvaluationDatasetFormat,
+    root: &Path,
+    crop: usize,
+) -> SegmentationData {
+    SegmentationData::open(
+        &EvaluationConfig {
+            name: "segmentation".into(),
+            dataset: EvaluationDatasetConfig {
+                format,
+                path: root.display().to_string(),
+            },
+            gpus: 0,
+            task: EvaluationTask::Segmentation {
+                epochs: 1,
+                batch_size: 1,
+                mode: SegmentationMode::Linear,
+            },
+        },
+        crop,
+    )
+    .expect("the fixture opens")
+}
+
+#[test]
+fn fine_tuning_trains_the_backbone_and_the_linear_probe_leaves_it_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let voc = voc_fixture(&dir.path().join("VOC2012"), 24, 8);
+    // 36 × 36 inputs (the 512 of a 224 crop at a 16 crop).
+    let data = segmentation_data(EvaluationDatasetFormat::Voc, &voc, 16);
+    assert_eq!(data.val_size(), Some((36, 36)));
+    assert_eq!((data.classes, data.head_dilation()), (CLASSES, 6));
+
+    let moco = small_moco();
+    let before = backbone_state(&moco);
+    let backbone = &moco.encoder_q().backbone;
+    let probe = LinearProbe {
+        epochs: 2,
+        batch_size: 4,
+        lr: LINEAR_LR,
+        threads: 1,
+    };
+    let linear = segmentation::evaluate(&data, backbone, &probe, Device::Cpu).expect("linear");
+    assert_eq!(linear.losses.len(), 2);
+    for ((name, old), (_, new)) in before.iter().zip(backbone_state(&moco)) {
+        assert!(old.equal(&new), "the linear probe changed {name}");
+    }
+
+    let config = Finetune::for_data(&data, 5, 4, 1);
+    assert_eq!(config.optimiser, FinetuneOptimiser::SgdStep);
+    assert_eq!((config.lr, config.dilation), (finetune::VOC_LR, 6));
+    let params: Vec<Tensor> = moco
+        .trainable_named()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("encoder_q.fc."))
+        .map(|(_, t)| t)
+        .collect();
+    let tuned =
+        finetune::evaluate(&data, backbone, params, &config, Device::Cpu).expect("finetune");
+    let losses = &tuned.losses;
+    println!(
+        "synthetic VOC fine-tuning losses {losses:?}, mIoU {:.4}",
+        tuned.scores.miou
+    );
+    assert_eq!(losses.len(), 5);
+    assert!(
+        losses.iter().all(|l| l.is_finite() && *l > 0.0),
+        "{losses:?}"
+    );
+    assert!(
+        losses[4] < 0.8 * losses[0],
+        "the loss did not fall: {losses:?}"
+    );
+    let after = backbone_state(&moco);
+    let changed = |what: &str| {
+        before
+            .iter()
+            .zip(&after)
+            .filter(|((n, _), _)| n.ends_with(what))
+            .filter(|((_, old), (_, new))| !old.equal(new))
+            .count()
+    };
+    let convs = before
+        .iter()
+        .filter(|(n, _)| n.contains("conv") && n.ends_with("weight"))
+        .count();
+    // Every convolution learned, and the batch norms ran in training mode.
+    assert!(
+        convs >= 17 && changed("conv1.weight") + changed("conv2.weight") >= convs,
+        "{convs}"
+    );
+    assert!(changed("running_mean") > 10 && changed("running_var") > 10);
+    // The scores are the confusion matrix's: mIoU the mean of the 21 IoUs.
+    let mean = tuned.scores.iou.iter().sum::<f64>() / CLASSES as f64;
+    assert_eq!(tuned.scores.iou.len(), CLASSES);
+    assert!((tuned.scores.miou - mean).abs() < 1e-12);
+    assert!(tuned.scores.miou_present >= tuned.scores.miou && tuned.images == 8);
+}
+
+/// Writes the synthetic Cityscapes root: `train` frames from Fashion-MNIST's training split
+/// (two cities), `val` from its test split (a third).
+fn cityscapes_fixture(root: &Path, train: usize, val: usize) -> PathBuf {
+    common::write_fixture(
+        "miou_reference.py",
+        "cityscapes-fixture",
+        root,
+        &[train.to_string(), val.to_string()],
+    )
+}
+
+#[test]
+fn segmentation_fine_tuning_and_cityscapes_land_in_the_termination_log() {
+    const EPOCHS: u32 = 4;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = fashion_mnist_subset(&dir.path().join("data"), 64);
+    let voc = voc_fixture(&dir.path().join("VOC2012"), 32, 12);
+    let city = cityscapes_fixture(&dir.path().join("cityscapes"), 16, 6);
+    let mut config = small_run(&data, 1, 1, 16, 32);
+    // At a 24 crop: VOC at 54 × 54; Cityscapes validated at 108 × 54, trained on 40² crops.
+    config.recipe.crops.large.size = 24;
+    for (name, format, path, mode) in [
+        (
+            "voc-finetune",
+            EvaluationDatasetFormat::Voc,
+            &voc,
+            SegmentationMode::Finetune,
+        ),
+        (
+            "city-linear",
+            EvaluationDatasetFormat::Cityscapes,
+            &city,
+            SegmentationMode::Linear,
+        ),
+        (
+            "city-finetune",
+            EvaluationDatasetFormat::Cityscapes,
+            &city,
+            SegmentationMode::Finetune,
+        ),
+    ] {
+        config.evaluations.push(EvaluationConfig {
+            name: name.into(),
+            dataset: EvaluationDatasetConfig {
+                format,
+                path: path.display().to_string(),
+            },
+            gpus: 0,
+            task: EvaluationTask::Segmentation {
+                epochs: EPOCHS,
+                batch_size: 4,
+                mode,
+            },
+        });
+    }
+    let run = train_for_eval(dir.path(), &config);
+    for (name, mode, classes) in [
+        ("voc-finetune", "finetune", CLASSES),
+        ("city-linear", "linear", 19),
+        ("city-finetune", "finetune", 19),
+    ] {
+        let mut proc = Proc::spawn(run.eval(name, &["--data-threads", "2"]), dir.path(), name);
+        proc.assert_success(Duration::from_secs(600));
+        let log = proc.stderr();
+        let message = std::fs::read_to_string(dir.path().join("termination-log"))
+            .expect("the termination message");
+        let result: serde_json::Value = serde_json::from_str(&message).expect("JSON");
+        assert_eq!(result["kind"], "segmentation", "{result}");
+        assert_eq!(result["metrics"]["mode"], mode, "{result}");
+        let iou = result["metrics"]["iou"].as_object().expect("per-class IoU");
+        assert_eq!(iou.len(), classes, "{result}");
+        let values: Vec<f64> = iou.values().filter_map(|v| v.as_f64()).collect();
+        assert_eq!(values.len(), classes, "{result}");
+        let (miou, present, pixels) = (
+            metric(&result, "mIoU"),
+            metric(&result, "mIoUPresent"),
+            metric(&result, "pixelAccuracy"),
+        );
+        assert!(
+            (miou - values.iter().sum::<f64>() / classes as f64).abs() < 1e-9,
+            "{result}"
+        );
+        assert!(present >= miou && present <= 100.0, "{result}");
+        assert!((0.0..=100.0).contains(&pixels), "{result}");
+        assert_eq!(
+            log.matches("segmentation epoch").count(),
+            EPOCHS as usize,
+            "{log}"
+        );
+        let what = if mode == "finetune" {
+            "segmentation fine-tuning"
+        } else {
+            "segmentation linear probe"
+        };
+        assert!(log.contains(what), "{log}");
+        let loss = &result["metrics"]["trainLoss"];
+        let (first, last) = (
+            loss["first"].as_f64().expect("first loss"),
+            loss["last"].as_f64().expect("last loss"),
+        );
+        println!(
+            "{name}: loss {first:.3} → {last:.3}; mIoU {miou:.2}, over present {present:.2}, \
+             pixel accuracy {pixels:.2}"
+        );
+        assert!(
+            first.is_finite() && last < first,
+            "{name}: {first} → {last}"
+        );
+        if classes == 19 {
+            // Named after the Cityscapes classes, in train-id order.
+            let names: Vec<&str> = iou.keys().map(String::as_str).collect();
+            for expected in ["road", "sky", "person", "car", "bicycle", "traffic sign"] {
+                assert!(names.contains(&expected), "{names:?}");
+            }
+            assert!(log.contains("Cityscapes split opened"), "{log}");
+            // Road and sky cover most of every frame and are learnt first.
+            assert!(iou["road"].as_f64().is_some_and(|r| r > 30.0), "{result}");
+        }
+    }
 }

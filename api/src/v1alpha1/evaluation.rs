@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::dataset::DataVolume;
 use super::limits::*;
 use super::rules;
-use crate::config::{EvaluationDatasetFormat, EvaluationKind};
+use crate::config::{EvaluationDatasetFormat, EvaluationKind, SegmentationMode};
 
 /// One evaluation of the trained encoder.
 #[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq)]
@@ -17,14 +17,16 @@ use crate::config::{EvaluationDatasetFormat, EvaluationKind};
     validation = rules::parameter_only_for("temperature", &[EvaluationKind::Knn, EvaluationKind::Davis]),
     validation = rules::parameter_only_for("cost", &[EvaluationKind::LinearSvm]),
     validation = rules::parameter_only_for("epochs", &[EvaluationKind::Segmentation]),
-    validation = rules::parameter_only_for("batchSize", &[EvaluationKind::Segmentation])
+    validation = rules::parameter_only_for("batchSize", &[EvaluationKind::Segmentation]),
+    validation = rules::parameter_only_for("mode", &[EvaluationKind::Segmentation])
 )]
 pub struct EvaluationSpec {
     /// Unique name (a DNS label); its results appear under `status.results.<name>`.
     #[schemars(length(min = 1, max = MAX_DNS_LABEL_LENGTH), pattern(DNS_LABEL_PATTERN))]
     pub name: String,
     /// Protocol: `knn` (weighted kNN top-1), `linearSvm` (VOC07 SVM mAP), `segmentation`
-    /// (fine-tuned mIoU), `davis` (DAVIS-2017 propagation J&F) or `retrieval` (segment retrieval).
+    /// (mIoU of a linear probe or of fine-tuning, see `mode`), `davis` (DAVIS-2017 propagation
+    /// J&F) or `retrieval` (segment retrieval).
     pub kind: EvaluationKind,
     /// The evaluation data. knn reads imagefolder or fashionMnist; linearSvm voc, imagefolder or
     /// fashionMnist; segmentation voc or cityscapes; davis davis; retrieval voc.
@@ -41,14 +43,18 @@ pub struct EvaluationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = MAX_SVM_COST), extend("exclusiveMinimum" = true))]
     pub cost: Option<f64>,
-    /// segmentation fine-tuning epochs (default 45 on voc, 150 on cityscapes).
+    /// segmentation training epochs, either mode (default 45 on voc, 150 on cityscapes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_EVAL_EPOCHS))]
     pub epochs: Option<u32>,
-    /// segmentation fine-tuning batch size (default 16 on voc, 8 on cityscapes).
+    /// segmentation training batch size, either mode (default 16 on voc, 8 on cityscapes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_EVAL_BATCH_SIZE))]
     pub batch_size: Option<u32>,
+    /// segmentation only: `linear` (default) or `finetune` (the description is the type's:
+    /// the schema generator keeps that one for an optional enum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<SegmentationMode>,
     /// GPUs of the evaluation Job; 0 runs it on CPU.
     #[serde(default)]
     #[schemars(range(max = MAX_GPUS_PER_NODE))]

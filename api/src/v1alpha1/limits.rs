@@ -58,6 +58,8 @@ pub const MIN_PORT: u16 = 1024;
 pub const MAX_EVALUATIONS: u32 = 16;
 /// Largest `k` of a kNN or DAVIS evaluation.
 pub const MAX_EVAL_K: u32 = 1000;
+/// Most images in either split of the kNN monitor (features of both stay in memory on rank 0).
+pub const MAX_MONITOR_IMAGES: u32 = 100_000;
 /// Largest linear-SVM cost `C`.
 pub const MAX_SVM_COST: f64 = 1000.0;
 /// Most fine-tuning epochs of a segmentation evaluation.

@@ -4,6 +4,7 @@ mod checkpoint;
 mod dataset;
 mod evaluation;
 pub mod limits;
+mod monitor;
 mod presets;
 mod recipe;
 mod resolve;
@@ -17,6 +18,10 @@ mod tests;
 pub use checkpoint::{CheckpointSpec, DEFAULT_CHECKPOINT_MOUNT_PATH};
 pub use dataset::{DataVolume, DatasetSpec, HostPathVolume, NfsVolume, PvcVolume, VolumeSource};
 pub use evaluation::{EvaluationDataset, EvaluationSpec};
+pub use monitor::{
+    DEFAULT_MONITOR_K, DEFAULT_MONITOR_TEMPERATURE, DEFAULT_MONITOR_TRAIN_IMAGES,
+    DEFAULT_MONITOR_VAL_IMAGES, KnnMonitorSpec, MonitorSpec,
+};
 pub use presets::{
     PAPER_KNN_LOSS, PRESET_BATCH_SIZE, PRESET_EPOCHS, PRESET_LARGE_CROPS, PRESET_QUEUE_SIZE,
     REVISITING_SMALL_CROPS, TORCHVISION_WIDTH,
@@ -31,8 +36,8 @@ pub use run::{
     GangScheduler, ImagePullPolicy, MetricsSpec, Resources, Scheduling,
 };
 pub use status::{
-    CheckpointRef, ContrastiveRunStatus, EvaluationPhase, EvaluationStatus, Failure, Progress,
-    RunPhase, condition, reason,
+    CheckpointRef, ContrastiveRunStatus, EvaluationPhase, EvaluationStatus, Failure,
+    KnnMonitorResult, Progress, RunPhase, condition, reason,
 };
 
 /// The JSON spelling of a unit enum variant (`EvaluationKind::LinearSvm` → `linearSvm`).

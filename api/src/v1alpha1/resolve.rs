@@ -8,6 +8,7 @@ use std::fmt;
 use super::dataset::{DataVolume, VolumeSource, lies_within};
 use super::evaluation::EvaluationSpec;
 use super::limits::*;
+use super::monitor::KnnMonitorSpec;
 use super::presets::PAPER_KNN_LOSS;
 use super::recipe::RecipeSpec;
 use super::run::{ContrastiveRunSpec, Resources, Scheduling};
@@ -15,7 +16,7 @@ use super::syntax::*;
 use crate::config::{
     API_VERSION, CheckpointConfig, DatasetConfig, DatasetFormat, EvaluationConfig,
     EvaluationDatasetConfig, EvaluationDatasetFormat, EvaluationKind, EvaluationTask,
-    KnnLossConfig, MetricsConfig, Precision, Recipe, RunConfig, WorldConfig,
+    KnnLossConfig, KnnMonitorConfig, MetricsConfig, Precision, Recipe, RunConfig, WorldConfig,
 };
 
 /// One broken rule: the field at fault and what would be valid.
@@ -223,6 +224,11 @@ impl ContrastiveRunSpec {
         self.check_world(&mut c, &recipe);
         self.check_storage(&mut c);
         let evaluations = self.check_evaluations(&mut c);
+        let monitor = self
+            .monitor
+            .as_ref()
+            .and_then(|m| m.knn.as_ref())
+            .map(|knn| check_knn_monitor(&mut c, "spec.monitor.knn", knn));
         self.check_operations(&mut c);
 
         if !c.violations.is_empty() {
@@ -257,6 +263,7 @@ impl ContrastiveRunSpec {
                 pushgateway: self.metrics.pushgateway.clone(),
             },
             evaluations,
+            monitor,
         })
     }
 
@@ -859,6 +866,65 @@ fn knn_parameters(spec: &RecipeSpec) -> Option<KnnLossConfig> {
     }
 }
 
+fn check_knn_monitor(c: &mut Checker, field: &str, m: &KnnMonitorSpec) -> KnnMonitorConfig {
+    c.int(
+        &format!("{field}.everyEpochs"),
+        m.every_epochs.into(),
+        1,
+        MAX_EPOCHS.into(),
+    );
+    c.path(&format!("{field}.dataset.path"), &m.dataset.path);
+    if let Some(volume) = &m.dataset.volume {
+        c.volume(&format!("{field}.dataset.volume"), volume);
+    }
+    c.dataset_in_volume(
+        &format!("{field}.dataset"),
+        &m.dataset.path,
+        m.dataset.volume.as_ref(),
+    );
+    let formats = EvaluationKind::Knn.formats();
+    if !formats.contains(&m.dataset.format) {
+        let names: Vec<String> = formats.iter().map(crate::v1alpha1::json_name).collect();
+        c.fail(
+            &format!("{field}.dataset.format"),
+            format!(
+                "the kNN monitor cannot read {}; use {}",
+                crate::v1alpha1::json_name(&m.dataset.format),
+                names.join(" or ")
+            ),
+        );
+    }
+    c.int(&format!("{field}.k"), m.k.into(), 1, MAX_EVAL_K.into());
+    c.float(
+        &format!("{field}.temperature"),
+        m.temperature,
+        (0.0, true),
+        (MAX_TEMPERATURE, false),
+    );
+    for (name, value) in [
+        ("maxTrainImages", m.max_train_images),
+        ("maxValImages", m.max_val_images),
+    ] {
+        c.int(
+            &format!("{field}.{name}"),
+            value.into(),
+            1,
+            MAX_MONITOR_IMAGES.into(),
+        );
+    }
+    KnnMonitorConfig {
+        every_epochs: m.every_epochs,
+        dataset: EvaluationDatasetConfig {
+            format: m.dataset.format,
+            path: m.dataset.path.clone(),
+        },
+        k: m.k,
+        temperature: m.temperature,
+        max_train_images: m.max_train_images,
+        max_val_images: m.max_val_images,
+    }
+}
+
 fn check_evaluation(c: &mut Checker, field: &str, e: &EvaluationSpec) -> EvaluationConfig {
     use EvaluationKind as K;
     c.dns_label(&format!("{field}.name"), &e.name);
@@ -895,12 +961,13 @@ fn check_evaluation(c: &mut Checker, field: &str, e: &EvaluationSpec) -> Evaluat
         MAX_GPUS_PER_NODE.into(),
     );
 
-    let params: [(&str, bool, &[K]); 5] = [
+    let params: [(&str, bool, &[K]); 6] = [
         ("k", e.k.is_some(), &[K::Knn, K::Davis]),
         ("temperature", e.temperature.is_some(), &[K::Knn, K::Davis]),
         ("cost", e.cost.is_some(), &[K::LinearSvm]),
         ("epochs", e.epochs.is_some(), &[K::Segmentation]),
         ("batchSize", e.batch_size.is_some(), &[K::Segmentation]),
+        ("mode", e.mode.is_some(), &[K::Segmentation]),
     ];
     for (name, set, kinds) in params {
         if set && !kinds.contains(&e.kind) {
@@ -963,6 +1030,7 @@ fn check_evaluation(c: &mut Checker, field: &str, e: &EvaluationSpec) -> Evaluat
         K::Segmentation => EvaluationTask::Segmentation {
             epochs: e.epochs.unwrap_or(if cityscapes { 150 } else { 45 }),
             batch_size: e.batch_size.unwrap_or(if cityscapes { 8 } else { 16 }),
+            mode: e.mode.unwrap_or_default(),
         },
         K::Davis => EvaluationTask::Davis {
             k: e.k.unwrap_or(10),

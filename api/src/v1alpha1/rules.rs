@@ -233,6 +233,21 @@ pub(crate) fn evaluation_format_suits_kind() -> Rule {
     )
 }
 
+/// The kNN monitor reads a labelled data set its protocol can open.
+pub(crate) fn monitor_format_is_labelled() -> Rule {
+    let formats: Vec<String> = EvaluationKind::Knn
+        .formats()
+        .iter()
+        .map(super::json_name)
+        .collect();
+    let quoted: Vec<String> = formats.iter().map(|f| format!("'{f}'")).collect();
+    invalid(
+        format!("self.dataset.format in [{}]", quoted.join(", ")),
+        ".dataset.format",
+        &format!("dataset.format must be {}", formats.join(" or ")),
+    )
+}
+
 /// A parameter is given only to the kinds that read it.
 pub(crate) fn parameter_only_for(field: &str, kinds: &[EvaluationKind]) -> Rule {
     let names: Vec<String> = kinds.iter().map(super::json_name).collect();

@@ -12,6 +12,7 @@ use super::checkpoint::CheckpointSpec;
 use super::dataset::DatasetSpec;
 use super::evaluation::EvaluationSpec;
 use super::limits::*;
+use super::monitor::MonitorSpec;
 use super::recipe::RecipeSpec;
 use super::rules;
 use super::status::ContrastiveRunStatus;
@@ -115,6 +116,9 @@ pub struct ContrastiveRunSpec {
         merge_strategy = ListMerge::Map(vec!["name".into()])
     )]
     pub evaluations: Vec<EvaluationSpec>,
+    /// Representation-quality monitors evaluated while the run trains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<MonitorSpec>,
     /// Metrics endpoint and Pushgateway.
     #[serde(default)]
     pub metrics: MetricsSpec,

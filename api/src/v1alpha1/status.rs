@@ -147,9 +147,24 @@ pub struct Progress {
     /// Latest training loss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
+    /// Latest result of the kNN monitor (`spec.monitor.knn`), once it has run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn_monitor: Option<KnnMonitorResult>,
     /// When rank 0 reported this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Time>,
+}
+
+/// One measurement of the kNN monitor.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KnnMonitorResult {
+    /// Epochs trained when it was measured.
+    pub epoch: u32,
+    /// Top-1 accuracy in percent.
+    pub top1: f64,
+    /// Top-5 accuracy in percent.
+    pub top5: f64,
 }
 
 /// A checkpoint written by rank 0.

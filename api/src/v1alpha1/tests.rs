@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::config::{
     Arch, CropConfig, EvaluationTask, KnnLossConfig, LrSchedule, MocoConfig, OptimizerConfig,
-    Precision, Preset, RunConfig,
+    Precision, Preset, RunConfig, SegmentationMode,
 };
 use crate::testing::{cel_errors, merged, object, schema_errors};
 
@@ -329,6 +329,12 @@ fn invalid_specs() -> Vec<Case> {
             At("spec.evaluations[0].k"),
         ),
         case(
+            "segmentation mode on another kind",
+            json!({"evaluations": [eval(json!({"mode": "finetune"}))]}),
+            "spec.evaluations[0].mode",
+            At("spec.evaluations[0].mode"),
+        ),
+        case(
             "too many evaluations",
             json!({"evaluations": (0..17).map(|i| eval(json!({"name": format!("knn-{i}")}))).collect::<Vec<_>>()}),
             "spec.evaluations",
@@ -430,7 +436,92 @@ fn invalid_specs() -> Vec<Case> {
             "spec.evaluations[0].dataset.volume.hostPath.path",
             At("spec.evaluations[0].dataset.volume.hostPath.path"),
         ),
+        case(
+            "knn monitor on segmentation data",
+            json!({"monitor": {"knn": monitor(json!({"dataset": {"format": "voc"}}))}}),
+            "spec.monitor.knn.dataset.format",
+            At("spec.monitor.knn.dataset.format"),
+        ),
+        case(
+            "knn monitor every 0 epochs",
+            json!({"monitor": {"knn": monitor(json!({"everyEpochs": 0}))}}),
+            "spec.monitor.knn.everyEpochs",
+            At("spec.monitor.knn.everyEpochs"),
+        ),
+        case(
+            "knn monitor at temperature 0",
+            json!({"monitor": {"knn": monitor(json!({"temperature": 0.0}))}}),
+            "spec.monitor.knn.temperature",
+            At("spec.monitor.knn.temperature"),
+        ),
+        case(
+            "knn monitor with no neighbours",
+            json!({"monitor": {"knn": monitor(json!({"k": 0}))}}),
+            "spec.monitor.knn.k",
+            At("spec.monitor.knn.k"),
+        ),
+        case(
+            "knn monitor bank beyond the cap",
+            json!({"monitor": {"knn": monitor(json!({"maxTrainImages": 100_001}))}}),
+            "spec.monitor.knn.maxTrainImages",
+            At("spec.monitor.knn.maxTrainImages"),
+        ),
+        case(
+            "knn monitor without queries",
+            json!({"monitor": {"knn": monitor(json!({"maxValImages": 0}))}}),
+            "spec.monitor.knn.maxValImages",
+            At("spec.monitor.knn.maxValImages"),
+        ),
+        case(
+            "knn monitor data outside its volume",
+            json!({"monitor": {"knn": monitor(json!({"dataset": {"volume": {"persistentVolumeClaim": {"claimName": "labelled"}, "mountPath": "/labelled"}}}))}}),
+            "spec.monitor.knn.dataset.path",
+            At("spec.monitor.knn.dataset.path"),
+        ),
     ]
+}
+
+/// A valid kNN monitor with `extra` merged in.
+fn monitor(extra: Value) -> Value {
+    merged(
+        &json!({"dataset": {"format": "fashionMnist", "path": "/usr/share/datasets/fashion-mnist"}}),
+        &extra,
+    )
+}
+
+#[test]
+fn a_knn_monitor_resolves_with_the_paper_defaults() {
+    let spec = merged(&base(), &json!({"monitor": {"knn": monitor(json!({}))}}));
+    assert!(
+        server_errors(&spec).is_empty(),
+        "{:?}",
+        server_errors(&spec)
+    );
+    let m = spec_of(&spec)
+        .resolve()
+        .expect("valid")
+        .monitor
+        .expect("the monitor");
+    assert_eq!((m.every_epochs, m.k, m.temperature), (1, 20, 0.07));
+    assert_eq!(
+        (m.max_train_images, m.max_val_images),
+        (DEFAULT_MONITOR_TRAIN_IMAGES, DEFAULT_MONITOR_VAL_IMAGES)
+    );
+    assert_eq!(
+        m.dataset.format,
+        crate::config::EvaluationDatasetFormat::FashionMnist
+    );
+    // Every fifth epoch of 12, and the last.
+    let m = crate::config::KnnMonitorConfig {
+        every_epochs: 5,
+        ..m
+    };
+    let due: Vec<u32> = (1..=12).filter(|&e| m.due(e, 12)).collect();
+    assert_eq!(due, [5, 10, 12]);
+    // Without `monitor`, or with an empty one, nothing runs.
+    assert_eq!(spec_of(&base()).resolve().expect("valid").monitor, None);
+    let empty = merged(&base(), &json!({"monitor": {}}));
+    assert_eq!(spec_of(&empty).resolve().expect("valid").monitor, None);
 }
 
 #[test]
@@ -765,7 +856,7 @@ fn evaluation_parameters_default_by_kind_and_dataset() {
             {"name": "knn", "kind": "knn", "dataset": {"format": "imagefolder", "path": "/in"}},
             {"name": "svm", "kind": "linearSvm", "dataset": {"format": "voc", "path": "/voc"}},
             {"name": "seg-voc", "kind": "segmentation", "dataset": {"format": "voc", "path": "/voc"}},
-            {"name": "seg-city", "kind": "segmentation", "dataset": {"format": "cityscapes", "path": "/city"}},
+            {"name": "seg-city", "kind": "segmentation", "mode": "finetune", "dataset": {"format": "cityscapes", "path": "/city"}},
             {"name": "davis", "kind": "davis", "gpus": 1, "dataset": {"format": "davis", "path": "/davis"}},
             {"name": "retrieval", "kind": "retrieval", "dataset": {"format": "voc", "path": "/voc"}},
         ]}),
@@ -782,11 +873,13 @@ fn evaluation_parameters_default_by_kind_and_dataset() {
             EvaluationTask::LinearSvm { cost: 0.5 },
             EvaluationTask::Segmentation {
                 epochs: 45,
-                batch_size: 16
+                batch_size: 16,
+                mode: SegmentationMode::Linear
             },
             EvaluationTask::Segmentation {
                 epochs: 150,
-                batch_size: 8
+                batch_size: 8,
+                mode: SegmentationMode::Finetune
             },
             EvaluationTask::Davis {
                 k: 10,
@@ -796,6 +889,70 @@ fn evaluation_parameters_default_by_kind_and_dataset() {
         ]
     );
     assert_eq!(config.evaluation("davis").map(|e| e.gpus), Some(1));
+}
+
+#[test]
+fn the_segmentation_mode_round_trips_and_defaults_to_linear() {
+    for (text, mode) in [
+        ("linear", SegmentationMode::Linear),
+        ("finetune", SegmentationMode::Finetune),
+    ] {
+        assert_eq!(serde_json::to_value(mode).expect("serialise"), json!(text));
+        let spec: EvaluationSpec = serde_json::from_value(json!({
+            "name": "seg", "kind": "segmentation", "mode": text,
+            "dataset": {"format": "voc", "path": "/voc"}
+        }))
+        .expect("deserialise");
+        assert_eq!(spec.mode, Some(mode));
+        let again: EvaluationSpec =
+            serde_json::from_value(serde_json::to_value(&spec).expect("serialise"))
+                .expect("deserialise");
+        assert_eq!(again, spec);
+        // The resolved task carries it through the run config the Job reads.
+        let task = EvaluationTask::Segmentation {
+            epochs: 3,
+            batch_size: 2,
+            mode,
+        };
+        let back: EvaluationTask =
+            serde_json::from_value(serde_json::to_value(task).expect("serialise"))
+                .expect("deserialise");
+        assert_eq!(back, task);
+    }
+    assert!(
+        serde_json::from_value::<SegmentationMode>(json!("Finetune")).is_err(),
+        "camelCase only"
+    );
+    assert_eq!(SegmentationMode::default(), SegmentationMode::Linear);
+    // A resolved config written before the field reads as the linear probe.
+    let old: EvaluationTask =
+        serde_json::from_value(json!({"kind": "segmentation", "epochs": 45, "batchSize": 16}))
+            .expect("deserialise");
+    assert_eq!(
+        old,
+        EvaluationTask::Segmentation {
+            epochs: 45,
+            batch_size: 16,
+            mode: SegmentationMode::Linear
+        }
+    );
+}
+
+#[test]
+fn the_operator_refuses_a_segmentation_mode_on_another_kind() {
+    let spec = merged(
+        &base(),
+        &json!({"evaluations": [eval(json!({"mode": "linear"}))]}),
+    );
+    let err = spec_of(&spec)
+        .resolve()
+        .expect_err("mode on knn")
+        .to_string();
+    assert!(
+        err.contains("spec.evaluations[0].mode")
+            && err.contains("applies only to kind segmentation"),
+        "{err}"
+    );
 }
 
 #[test]

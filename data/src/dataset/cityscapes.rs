@@ -51,6 +51,23 @@ pub const LABEL_TO_TRAIN_ID: [u8; 256] = {
     table
 };
 
+/// Maps a decoded labelIds mask to train ids in place; refuses a value above 33, which means
+/// the file is not a labelIds mask (e.g. a colour or instance-id image saved as grey).
+pub fn to_train_ids(mask: &mut Mask) -> std::result::Result<(), String> {
+    if let Some(p) = mask.data.iter().position(|&v| v > 33) {
+        return Err(format!(
+            "pixel ({}, {}) has label id {}; Cityscapes label ids are 0–33",
+            p % mask.width.max(1),
+            p / mask.width.max(1),
+            mask.data[p]
+        ));
+    }
+    for v in &mut mask.data {
+        *v = LABEL_TO_TRAIN_ID[usize::from(*v)];
+    }
+    Ok(())
+}
+
 const IMAGE_SUFFIX: &str = "_leftImg8bit.png";
 const LABEL_SUFFIX: &str = "_gtFine_labelIds.png";
 
@@ -180,22 +197,10 @@ impl Cityscapes {
             path: path.display().to_string(),
             reason,
         })?;
-        // Label ids run to 33; a larger value means the file is not a labelIds mask (e.g. a
-        // colour or instance-id image saved as grey).
-        if let Some(p) = mask.data.iter().position(|&v| v > 33) {
-            return Err(DataError::Label {
-                path: path.clone(),
-                reason: format!(
-                    "pixel ({}, {}) has label id {}; Cityscapes label ids are 0–33",
-                    p % mask.width.max(1),
-                    p / mask.width.max(1),
-                    mask.data[p]
-                ),
-            });
-        }
-        for v in &mut mask.data {
-            *v = LABEL_TO_TRAIN_ID[usize::from(*v)];
-        }
+        to_train_ids(&mut mask).map_err(|reason| DataError::Label {
+            path: path.clone(),
+            reason,
+        })?;
         Ok(mask)
     }
 
@@ -378,6 +383,36 @@ mod tests {
             split.pairs()[0]
                 .1
                 .ends_with("gtFine/val/aachen/aachen_000004_000019_gtFine_labelIds.png")
+        );
+    }
+
+    #[test]
+    fn the_segmentation_data_set_reads_the_same_train_ids() {
+        let (dir, written) = root();
+        let split = Cityscapes::open(dir.path(), "val").expect("open");
+        let data = crate::segment::SegDataset::cityscapes(dir.path(), "val").expect("open");
+        assert_eq!(data.len(), written.len());
+        for i in 0..data.len() {
+            let (image, mask) = data.load(i).expect("pair");
+            let (expected_image, expected_mask) = split.load(i).expect("pair");
+            assert_eq!(mask, expected_mask, "image {i}");
+            assert_eq!(image, expected_image, "image {i}");
+            assert!(
+                mask.data.contains(&IGNORE) && !mask.data.iter().any(|&v| v > 18 && v != IGNORE)
+            );
+        }
+        // A mask that is not labelIds is refused, naming its file.
+        let (_, labels) = &split.pairs()[0];
+        let bad = Mask {
+            width: 48,
+            height: 40,
+            data: vec![40; 48 * 40],
+        };
+        std::fs::write(labels, grey_png(&bad)).expect("overwrite");
+        let err = data.load(0).expect_err("label id 40").to_string();
+        assert!(
+            err.contains("label id 40") && err.contains("labelIds"),
+            "{err}"
         );
     }
 

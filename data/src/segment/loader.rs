@@ -17,10 +17,20 @@ use crate::{DataError, Result};
 /// Separates the segmentation streams from the pre-training ones of the same index.
 const SEGMENTATION_STREAM: u64 = 0x5e67;
 
+/// How a mask file's values become labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Labels {
+    /// The values are the labels (VOC's palette indices, trainIds).
+    AsStored,
+    /// Cityscapes labelIds, mapped to the 19 trainIds.
+    CityscapesLabelIds,
+}
+
 /// A list of (image, label mask) file pairs.
 #[derive(Debug, Clone)]
 pub struct SegDataset {
     pairs: Vec<(PathBuf, PathBuf)>,
+    labels: Labels,
 }
 
 fn unreadable(path: &Path, what: &str) -> DataError {
@@ -90,6 +100,15 @@ impl SegDataset {
         Self::from_pairs_in(pairs, images)
     }
 
+    /// A Cityscapes split (see [`crate::dataset::cityscapes::Cityscapes`]): its
+    /// `*_gtFine_labelIds.png` masks read as the 19 trainIds, every other id [`IGNORE`](super::IGNORE).
+    pub fn cityscapes(root: &Path, split: &str) -> Result<Self> {
+        let split = crate::dataset::cityscapes::Cityscapes::open(root, split)?;
+        let mut data = Self::from_pairs_in(split.pairs().to_vec(), root)?;
+        data.labels = Labels::CityscapesLabelIds;
+        Ok(data)
+    }
+
     /// Explicit pairs (e.g. Cityscapes' `*_leftImg8bit.png` with `*_gtFine_labelTrainIds.png`).
     pub fn from_pairs(pairs: Vec<(PathBuf, PathBuf)>) -> Result<Self> {
         Self::from_pairs_in(pairs, Path::new("(pairs)"))
@@ -103,7 +122,10 @@ impl SegDataset {
             });
         }
         tracing::info!(origin = %origin.display(), pairs = pairs.len(), "segmentation data set opened");
-        Ok(Self { pairs })
+        Ok(Self {
+            pairs,
+            labels: Labels::AsStored,
+        })
     }
 
     /// Number of pairs.
@@ -129,7 +151,12 @@ impl SegDataset {
         let image = decode::decode(&bytes, jpeg, 1).map_err(|e| format!("image: {e}"))?;
         let bytes =
             std::fs::read(mask).map_err(|e| format!("mask {} read failed: {e}", mask.display()))?;
-        let mask = decode_mask(&bytes).map_err(|e| format!("mask {}: {e}", mask.display()))?;
+        let path = mask;
+        let mut mask = decode_mask(&bytes).map_err(|e| format!("mask {}: {e}", path.display()))?;
+        if self.labels == Labels::CityscapesLabelIds {
+            crate::dataset::cityscapes::to_train_ids(&mut mask)
+                .map_err(|e| format!("mask {}: {e}", path.display()))?;
+        }
         Ok((image, mask))
     }
 

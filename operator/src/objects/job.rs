@@ -22,14 +22,9 @@ pub fn build(run: &ContrastiveRun, evaluation: &EvaluationSpec) -> Job {
     labels.insert(labels::ROLE.into(), "eval".into());
     labels.insert(labels::EVALUATION.into(), evaluation.name.clone());
     let (mut vols, mut mounts) = super::pod::common_volumes(run, true);
-    if let Some(v) = evaluation
-        .dataset
-        .volume
-        .as_ref()
-        .and_then(|v| volumes::volume("eval-dataset", v, true))
-    {
+    if let Some((v, mount)) = volumes::evaluation_dataset("eval-dataset", &evaluation.dataset) {
         vols.push(v);
-        mounts.push(json!({"name": "eval-dataset", "mountPath": evaluation.dataset.mount_path(), "readOnly": true}));
+        mounts.push(mount);
     }
     let metrics = &run.spec.metrics;
     let mut env = vec![

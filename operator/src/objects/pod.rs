@@ -172,6 +172,20 @@ pub fn build(run: &ContrastiveRun, config: &RunConfig, attempt: u32, rank: u32) 
         vols.push(v);
         mounts.push(json!({"name": "dataset", "mountPath": run.spec.dataset.mount_path(), "readOnly": true}));
     }
+    if let Some((v, mount)) = run
+        .spec
+        .monitor
+        .as_ref()
+        .and_then(|m| m.knn.as_ref())
+        .and_then(|knn| volumes::evaluation_dataset("monitor-dataset", &knn.dataset))
+    {
+        // A pod cannot mount twice at one path: a monitor split on the training data's volume
+        // (e.g. both under one claim's mount) is already there.
+        if !mounts.iter().any(|m| m["mountPath"] == mount["mountPath"]) {
+            vols.push(v);
+            mounts.push(mount);
+        }
+    }
     let checkpoint_dir = names::checkpoint_dir(run.spec.checkpoint.mount_path(), &name);
     let mut env = vec![
         env("MASTER_ADDR", names::rank_address(&name, &ns, 0)),
@@ -342,6 +356,76 @@ pub(crate) mod tests {
             restricted_violations(&pod_spec(&host, 1, 0)),
             ["volume checkpoints: hostPath", "volume dataset: hostPath"]
         );
+    }
+
+    /// [`claims`] with a kNN monitor reading `path` on `volume` (DataVolume JSON).
+    fn with_monitor(path: &str, volume: Value) -> ContrastiveRun {
+        let mut run = claims();
+        run.spec.monitor = serde_json::from_value(json!({"knn": {
+            "everyEpochs": 5,
+            "dataset": {"format": "fashionMnist", "path": path, "volume": volume},
+        }}))
+        .expect("a valid monitor");
+        run
+    }
+
+    fn mounts_of(spec: &Value) -> Vec<(String, String, bool)> {
+        spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap().to_owned(),
+                    m["mountPath"].as_str().unwrap().to_owned(),
+                    m["readOnly"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_worker_pod_mounts_the_monitor_dataset_read_only() {
+        let run = with_monitor(
+            "/monitor/fmnist",
+            json!({"persistentVolumeClaim": {"claimName": "labelled"}, "mountPath": "/monitor"}),
+        );
+        for rank in [0, 1] {
+            let spec = pod_spec(&run, 1, rank);
+            assert!(
+                mounts_of(&spec).contains(&("monitor-dataset".into(), "/monitor".into(), true)),
+                "{rank}: {:?}",
+                mounts_of(&spec)
+            );
+            let volume = spec["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == "monitor-dataset")
+                .expect("the monitor's volume");
+            assert_eq!(
+                volume["persistentVolumeClaim"],
+                json!({"claimName": "labelled", "readOnly": true})
+            );
+            assert!(restricted_violations(&spec).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_monitor_without_a_volume_or_on_the_training_mount_adds_no_mount() {
+        let baseline = mounts_of(&pod_spec(&claims(), 1, 0));
+        let mut in_image = claims();
+        in_image.spec.monitor = serde_json::from_value(json!({"knn": {
+            "dataset": {"format": "fashionMnist", "path": "/opt/fmnist"},
+        }}))
+        .unwrap();
+        assert_eq!(mounts_of(&pod_spec(&in_image, 1, 0)), baseline);
+        // The training data's claim mounted at /data/train also holds the monitor's split.
+        let shared = with_monitor(
+            "/data/train/labelled",
+            json!({"persistentVolumeClaim": {"claimName": "train"}, "mountPath": "/data/train"}),
+        );
+        assert_eq!(mounts_of(&pod_spec(&shared, 1, 0)), baseline);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! - an inline `nfs` volume: **baseline** (restricted allows no inline network volumes).
 //! - a `hostPath` volume: **privileged** (baseline forbids host paths too); meant for
 //!   single-node and test clusters.
-use kontrast_api::v1alpha1::{DataVolume, VolumeSource};
+use kontrast_api::v1alpha1::{DataVolume, EvaluationDataset, VolumeSource};
 use serde_json::{Value, json};
 
 /// The pod volume named `name` for `v`, read-only when `read_only`.
@@ -23,4 +23,12 @@ pub fn volume(name: &str, v: &DataVolume, read_only: bool) -> Option<Value> {
             json!({"name": name, "nfs": {"server": n.server, "path": n.path, "readOnly": read_only || n.read_only == Some(true)}})
         }
     })
+}
+
+/// The read-only pod volume named `name` for an evaluation dataset's volume and its mount at the
+/// dataset's mount path; `None` when the dataset lives in the image.
+pub fn evaluation_dataset(name: &str, dataset: &EvaluationDataset) -> Option<(Value, Value)> {
+    let v = volume(name, dataset.volume.as_ref()?, true)?;
+    let mount = json!({"name": name, "mountPath": dataset.mount_path(), "readOnly": true});
+    Some((v, mount))
 }

@@ -69,6 +69,7 @@ fn report(step: u64, total: u64) -> Report {
         loss: Some(10.0 / (1.0 + step as f64)),
         images_per_second: Some(100.0),
         checkpoint: None,
+        knn_monitor: None,
     }
 }
 

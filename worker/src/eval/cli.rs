@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kontrast_api::config::{EvaluationConfig, EvaluationDatasetFormat, EvaluationTask, RunConfig};
-use kontrast_data::{Dataset, DatasetFormat, EvalTransform, LoaderConfig, Split, VocSplit};
+use kontrast_data::{EvalTransform, LoaderConfig, VocSplit};
 use serde_json::json;
 use tch::{Cuda, Device};
 use tracing::{error, info, warn};
@@ -23,6 +23,7 @@ use crate::train::{config, state, trainer};
 
 use super::features::extract;
 use super::knn::weighted_knn_top1;
+use super::labelled::{self, LabelledSplits};
 use super::linear_svm::{self, SvmData};
 
 /// The Pushgateway job every evaluation result is pushed under.
@@ -81,35 +82,15 @@ fn permanent(e: impl std::fmt::Display) -> Failure {
 
 /// The model's input side for evaluation images.
 fn transform(run: &RunConfig, format: EvaluationDatasetFormat) -> EvalTransform {
-    let crop = run.recipe.crops.large.size as usize;
-    match format {
-        // Tiny images are evaluated whole at the training resolution.
-        EvaluationDatasetFormat::FashionMnist => EvalTransform::Resize { size: crop },
-        // ImageNet's 256 → 224, scaled to the training crop.
-        _ => EvalTransform::ResizeCenterCrop {
-            resize: crop * 8 / 7,
-            crop,
-        },
-    }
+    labelled::transform(run.recipe.crops.large.size as usize, format)
 }
 
-fn splits(evaluation: &EvaluationConfig) -> Result<(Dataset, Dataset), Failure> {
-    let root = Path::new(&evaluation.dataset.path);
-    match evaluation.dataset.format {
-        EvaluationDatasetFormat::FashionMnist => Ok((
-            Dataset::open_split(DatasetFormat::FashionMnist, root, Split::Train)
-                .map_err(permanent)?,
-            Dataset::open_split(DatasetFormat::FashionMnist, root, Split::Test)
-                .map_err(permanent)?,
-        )),
-        EvaluationDatasetFormat::Imagefolder => Ok((
-            Dataset::open(DatasetFormat::Imagefolder, &root.join("train")).map_err(permanent)?,
-            Dataset::open(DatasetFormat::Imagefolder, &root.join("val")).map_err(permanent)?,
-        )),
-        other => Err(Failure::Permanent(format!(
-            "this evaluation reads fashionMnist or imagefolder data sets, not {other:?}"
-        ))),
-    }
+fn splits(evaluation: &EvaluationConfig) -> Result<LabelledSplits, Failure> {
+    LabelledSplits::open(
+        evaluation.dataset.format,
+        Path::new(&evaluation.dataset.path),
+    )
+    .map_err(permanent)
 }
 
 fn knn(
@@ -121,13 +102,9 @@ fn knn(
     k: u32,
     temperature: f64,
 ) -> Result<serde_json::Value, Failure> {
-    let (train, test) = splits(evaluation)?;
-    let classes = train.classes().len().max(
-        (0..train.len())
-            .filter_map(|i| train.label(i))
-            .max()
-            .map_or(0, |m| m as usize + 1),
-    );
+    let splits = splits(evaluation)?;
+    let classes = splits.classes();
+    let LabelledSplits { train, test } = splits;
     let transform = transform(run, evaluation.dataset.format);
     let loader = LoaderConfig {
         batch_per_rank: 256,
@@ -191,7 +168,7 @@ fn linear_svm(
             }
         }
         _ => {
-            let (train, test) = splits(evaluation)?;
+            let LabelledSplits { train, test } = splits(evaluation)?;
             SvmData::Classes { train, test }
         }
     };
@@ -277,15 +254,19 @@ fn evaluate(args: &Args) -> Result<Outcome, Failure> {
             device,
         )
         .map_err(permanent)?,
-        // The linear probe: the api has no field choosing fine-tuning yet.
-        EvaluationTask::Segmentation { epochs, batch_size } => super::segmentation::run(
+        EvaluationTask::Segmentation {
+            epochs,
+            batch_size,
+            mode,
+        } => super::segmentation::run(
             &evaluation,
             run.recipe.crops.large.size as usize,
-            &moco.encoder_q().backbone,
+            &moco,
             args.data_threads,
             device,
             epochs,
             batch_size,
+            mode,
         )
         .map_err(permanent)?,
     };

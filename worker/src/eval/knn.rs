@@ -6,20 +6,19 @@ use tch::{Kind, Tensor};
 /// Test rows compared with the training set at a time (bounds memory: rows × N similarities).
 const CHUNK: i64 = 512;
 
-/// The predicted class of every test row. Features are L2-normalised rows; labels int64 in
-/// `0..classes`. Ties in the vote go to the lowest class index.
-pub fn weighted_knn_predict(
+/// Calls `each` with the votes of consecutive chunks of test rows, in order.
+fn each_vote_chunk(
     train: &Tensor,
     train_labels: &Tensor,
     test: &Tensor,
     k: i64,
     temperature: f64,
     classes: i64,
-) -> Tensor {
+    mut each: impl FnMut(Tensor),
+) {
     let n_test = test.size()[0];
     let k = k.min(train.size()[0]).max(1);
     let train_t = train.tr();
-    let mut predictions = Vec::new();
     tch::no_grad(|| {
         let mut start = 0;
         while start < n_test {
@@ -35,10 +34,32 @@ pub fn weighted_knn_predict(
                 &neighbour_labels,
                 &weights,
             ); // rows×C
-            predictions.push(votes.argmax(1, false));
+            each(votes);
             start += rows;
         }
     });
+}
+
+/// The predicted class of every test row. Features are L2-normalised rows; labels int64 in
+/// `0..classes`. Ties in the vote go to the lowest class index.
+pub fn weighted_knn_predict(
+    train: &Tensor,
+    train_labels: &Tensor,
+    test: &Tensor,
+    k: i64,
+    temperature: f64,
+    classes: i64,
+) -> Tensor {
+    let mut predictions = Vec::new();
+    each_vote_chunk(
+        train,
+        train_labels,
+        test,
+        k,
+        temperature,
+        classes,
+        |votes| predictions.push(votes.argmax(1, false)),
+    );
     if predictions.is_empty() {
         return Tensor::zeros([0], (Kind::Int64, test.device()));
     }
@@ -67,6 +88,64 @@ pub fn weighted_knn_top1(
     correct as f64 / n_test as f64
 }
 
+/// Top-1 and top-5 accuracy, in [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KnnAccuracy {
+    /// The predicted class (the vote's winner, as [`weighted_knn_predict`]) is right.
+    pub top1: f64,
+    /// The right class is among the five with the most votes (all of them when fewer).
+    pub top5: f64,
+}
+
+/// Top-1 and top-5 accuracy of the weighted kNN vote; 0 for an empty test set.
+pub fn weighted_knn_accuracy(
+    train: &Tensor,
+    train_labels: &Tensor,
+    test: &Tensor,
+    test_labels: &Tensor,
+    k: i64,
+    temperature: f64,
+    classes: i64,
+) -> KnnAccuracy {
+    let n_test = test.size()[0];
+    if n_test == 0 {
+        return KnnAccuracy {
+            top1: 0.0,
+            top5: 0.0,
+        };
+    }
+    let (mut top1, mut top5, mut start) = (0i64, 0i64, 0i64);
+    let ranks = classes.clamp(1, 5);
+    each_vote_chunk(
+        train,
+        train_labels,
+        test,
+        k,
+        temperature,
+        classes,
+        |votes| {
+            let rows = votes.size()[0];
+            let labels = test_labels.narrow(0, start, rows);
+            top1 += votes
+                .argmax(1, false)
+                .eq_tensor(&labels)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
+            let (_, best) = votes.topk(ranks, 1, true, true); // rows×5
+            top5 += best
+                .eq_tensor(&labels.unsqueeze(1))
+                .any_dim(1, false)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
+            start += rows;
+        },
+    );
+    KnnAccuracy {
+        top1: top1 as f64 / n_test as f64,
+        top5: top5 as f64 / n_test as f64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +165,23 @@ mod tests {
             weighted_knn_top1(&train, &train_labels, &test, &wrong, 4, 0.07, 2),
             0.0
         );
+    }
+
+    #[test]
+    fn top5_counts_the_right_class_among_the_five_best_voted() {
+        // Seven classes on a circle; the test point sits nearest class 0, then 1, 2, ... so class
+        // c gets the c-th largest vote.
+        let angles: Vec<f32> = (0..7).map(|c| c as f32 * 0.3).collect();
+        let train: Vec<f32> = angles.iter().flat_map(|a| [a.cos(), a.sin()]).collect();
+        let train = Tensor::from_slice(&train).view([7, 2]);
+        let train_labels = Tensor::arange(7, (Kind::Int64, tch::Device::Cpu));
+        let test = Tensor::from_slice(&[1.0f32, 0.0, 1.0, 0.0, 1.0, 0.0]).view([3, 2]);
+        // Right at rank 1, at rank 5, and at rank 6.
+        let labels = Tensor::from_slice(&[0i64, 4, 5]);
+        let a = weighted_knn_accuracy(&train, &train_labels, &test, &labels, 7, 0.07, 7);
+        assert_eq!(a.top1, 1.0 / 3.0);
+        assert_eq!(a.top5, 2.0 / 3.0);
+        let top1 = weighted_knn_top1(&train, &train_labels, &test, &labels, 7, 0.07, 7);
+        assert_eq!(top1, a.top1);
     }
 }

@@ -1,16 +1,23 @@
-//! Evaluation on frozen features: feature extraction, weighted kNN classification,
-//! positive-pair retrieval and the VOC07 linear-SVM protocol.
+//! Evaluation of the trained encoder: feature extraction, weighted kNN classification,
+//! positive-pair retrieval, the VOC07 linear-SVM protocol, segmentation (linear probe and
+//! fine-tuning), segment retrieval and DAVIS propagation.
+pub mod adam;
 pub mod average_precision;
 pub mod cli;
 pub mod davis;
 pub mod davis_metrics;
 pub mod features;
+pub mod finetune;
+pub mod finetune_head;
 pub mod knn;
+pub mod labelled;
 pub mod linear_svm;
 pub mod miou;
+pub mod poly_lr;
 pub mod retrieval;
 pub mod segment_retrieval;
 pub mod segmentation;
+pub mod segmentation_data;
 pub mod segmentation_head;
 pub mod svm;
 

@@ -1,43 +1,41 @@
-//! Semantic segmentation on PASCAL VOC (the `segmentation` evaluation), linear mode: a linear
-//! probe of the frozen backbone's dense features, the cheap signal before full fine-tuning.
+//! Semantic segmentation on PASCAL VOC or Cityscapes (the `segmentation` evaluation) in one of
+//! two modes; the data, classes and transforms are [`super::segmentation_data`]'s.
 //!
+//! Linear mode ([`evaluate`]), the cheap signal before full fine-tuning:
 //! - the query encoder's backbone, frozen and in evaluation mode (running BN statistics), run at
 //!   output stride 16 as the protocol dilates it ([`ResNet::forward_layer4_dilated_t`]: layer4
 //!   at stride 1, its 3×3 convolutions with dilation 2); its features are computed per batch
 //!   without gradients;
 //! - the features standardised per channel (batch norm without affine parameters) and scaled
-//!   by `1/√F`, then a trainable 1×1 convolution with bias to the 21 VOC classes, bilinearly
+//!   by `1/√F`, then a trainable 1×1 convolution with bias to the classes, bilinearly
 //!   upsampled (`align_corners=False`) to the label size ([`LinearHead`]);
 //! - per-pixel cross-entropy, [`IGNORE`] ignored; SGD (momentum [`MOMENTUM`], weight decay
 //!   [`WEIGHT_DECAY`]) at [`LINEAR_LR`] for `epochs` epochs of `batch_size` images, the rate ×0.1
 //!   at 2/3 and 8/9 of the epochs (the fine-tuning schedule of the reference code's 30 and 40
-//!   of 45 epochs); images in a fresh seeded order every epoch;
-//! - training pairs: flip, rotation `U(−5°, 5°)` with zoom `U(0.75, 1.25)`, resize to
-//!   `side × side` (image bicubic, mask nearest), `side` = [`input_side`] of the training crop
-//!   (512 at 224); validation pairs: the same resize only;
-//! - scores on `val`: mIoU, mIoU over the classes present and pixel accuracy from a confusion
-//!   matrix accumulated over the split ([`super::miou`]), at `side × side`.
-use std::path::Path;
+//!   of 45 epochs); images in a fresh seeded order every epoch.
+//!
+//! Fine-tuning mode: [`super::finetune`]. Both score `val` the same way: mIoU, mIoU over the
+//! classes present and pixel accuracy from a confusion matrix accumulated over the split
+//! ([`super::miou`]), at the validation transform's size.
 use std::sync::Arc;
 use std::time::Instant;
 
-use kontrast_api::config::{EvaluationConfig, EvaluationDatasetFormat};
-use kontrast_data::dataset::voc_segmentation::{
-    VOC_SEGMENTATION_CLASSES, voc_segmentation_class_name,
-};
+use kontrast_api::config::{EvaluationConfig, EvaluationDatasetFormat, SegmentationMode};
 use kontrast_data::resize::Filter;
 use kontrast_data::segment::{IGNORE, SegAugment, SegBatch, SegDataset, SegLoader};
-use kontrast_data::{DataError, LoaderConfig, SampleRng, View};
+use kontrast_data::{DataError, LoaderConfig, SampleRng};
 use serde_json::json;
 use tch::{Device, Kind, Reduction, Tensor};
 use tracing::{info, warn};
 
 use crate::input::Normalizer;
+use crate::model::Moco;
 use crate::model::resnet::ResNet;
 use crate::train::sgd::{Sgd, SgdConfig};
 
+use super::finetune::{self, Finetune};
 use super::miou::{ConfusionMatrix, MiouError, SegmentationScores};
-use super::segment_retrieval::input_side;
+use super::segmentation_data::SegmentationData;
 use super::segmentation_head::LinearHead;
 
 /// Learning rate of the linear probe. The paper's 0.003 is for fine-tuning a whole network,
@@ -62,11 +60,8 @@ pub const SEED: u64 = 0;
 /// Why the evaluation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentationError {
-    /// Only PASCAL VOC for now.
-    #[error(
-        "segmentation reads a PASCAL VOC data set, not {0:?} (Cityscapes needs its labelIds \
-         mapped to trainIds first)"
-    )]
+    /// Only PASCAL VOC and Cityscapes.
+    #[error("segmentation reads a PASCAL VOC or Cityscapes data set, not {0:?}")]
     Format(EvaluationDatasetFormat),
     /// An unusable setting.
     #[error("segmentation: {0}")]
@@ -145,17 +140,13 @@ pub fn step_lr(base: f64, epoch: u32, epochs: u32) -> f64 {
     base * 0.1f64.powi(decays as i32)
 }
 
-/// What to train and how.
+/// What the linear probe trains and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinearProbe {
     /// Training epochs.
     pub epochs: u32,
     /// Images per step.
     pub batch_size: usize,
-    /// Training and validation resolution.
-    pub side: usize,
-    /// Classes (21 on VOC).
-    pub classes: usize,
     /// Base learning rate.
     pub lr: f64,
     /// Data-loading threads.
@@ -198,109 +189,163 @@ fn labelled_pixels(
     Ok(masks.iter().filter(|&&t| t != IGNORE).count())
 }
 
+/// A batch of equal-size pairs as the network sees it.
+struct Inputs {
+    /// N×3×h×w, normalised, on the device.
+    x: Tensor,
+    /// N·h·w labels on the host.
+    masks: Vec<u8>,
+    height: i64,
+    width: i64,
+}
+
 /// A batch of equal-size pairs as network input on `device` and the masks on the host.
 fn inputs(
     batch: &SegBatch,
-    side: usize,
     input: &Normalizer,
-) -> Result<Option<(Tensor, Vec<u8>)>, SegmentationError> {
-    let Some((_, _, images, masks)) = batch.stacked() else {
+    device: Device,
+) -> Result<Option<Inputs>, SegmentationError> {
+    let Some((w, h, images, masks)) = batch.stacked() else {
         if batch.samples.is_empty() {
             return Ok(None);
         }
         return Err(internal("a resized batch holds images of several sizes"));
     };
-    let n = batch.samples.len();
-    let x = input.apply(
-        &View {
-            size: side,
-            data: images,
-        },
-        n,
-    );
-    Ok(Some((x, masks)))
+    let n = batch.samples.len() as i64;
+    let (height, width) = (h as i64, w as i64);
+    let bytes = Tensor::from_slice(&images).view([n, 3, height, width]);
+    Ok(Some(Inputs {
+        x: input.normalize(&bytes.to_device(device)),
+        masks,
+        height,
+        width,
+    }))
 }
 
-/// Trains the linear head on `train` and scores it on `val`.
-pub fn evaluate(
-    train: &Arc<SegDataset>,
-    val: &Arc<SegDataset>,
-    backbone: &ResNet,
-    probe: &LinearProbe,
-    device: Device,
-) -> Result<SegmentationResult, SegmentationError> {
-    if probe.epochs == 0 || probe.batch_size == 0 || probe.side == 0 {
-        return Err(SegmentationError::Config(format!(
-            "epochs ({}), batch size ({}) and side ({}) must be positive",
-            probe.epochs, probe.batch_size, probe.side
-        )));
+/// An optimiser the training loop steps.
+pub(crate) trait Optimiser {
+    /// Clears the gradients.
+    fn zero_grad(&mut self);
+    /// One update at `lr`.
+    fn step(&mut self, lr: f64);
+}
+
+impl Optimiser for Sgd {
+    fn zero_grad(&mut self) {
+        Sgd::zero_grad(self);
     }
-    if !(1..usize::from(IGNORE)).contains(&probe.classes) {
-        return Err(SegmentationError::Config(format!(
-            "{} classes; 1–254 are possible",
-            probe.classes
-        )));
+    fn step(&mut self, lr: f64) {
+        Sgd::step(self, lr);
     }
-    let started = Instant::now();
-    let side = probe.side as i64;
-    let input = Normalizer::new(device);
-    tch::manual_seed(SEED as i64);
-    let head = LinearHead::new(backbone.feature_dim(), probe.classes as i64, device);
-    let mut sgd = Sgd::new(
-        head.parameters(),
-        SgdConfig {
-            momentum: MOMENTUM,
-            weight_decay: WEIGHT_DECAY,
-        },
-    );
-    let loader_config = |epoch: u32| LoaderConfig {
-        batch_per_rank: probe.batch_size,
-        threads: probe.threads,
+}
+
+impl Optimiser for super::adam::Adam {
+    fn zero_grad(&mut self) {
+        super::adam::Adam::zero_grad(self);
+    }
+    fn step(&mut self, lr: f64) {
+        super::adam::Adam::step(self, lr);
+    }
+}
+
+/// How the shared loop trains: epochs, batch, threads and the rate of each epoch.
+pub(crate) struct Schedule<'a> {
+    /// Training epochs.
+    pub epochs: u32,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Data-loading threads.
+    pub threads: usize,
+    /// The learning rate of an epoch (0-based).
+    pub lr: &'a dyn Fn(u32) -> f64,
+}
+
+fn loader_config(batch_size: usize, threads: usize, epoch: u32) -> LoaderConfig {
+    LoaderConfig {
+        batch_per_rank: batch_size,
+        threads,
         seed: SEED,
         epoch: u64::from(epoch),
         ..LoaderConfig::default()
-    };
-    let mut losses = Vec::with_capacity(probe.epochs as usize);
-    for epoch in 0..probe.epochs {
+    }
+}
+
+/// Checks the settings both modes share.
+pub(crate) fn check(
+    epochs: u32,
+    batch_size: usize,
+    classes: usize,
+) -> Result<(), SegmentationError> {
+    if epochs == 0 || batch_size == 0 {
+        return Err(SegmentationError::Config(format!(
+            "epochs ({epochs}) and batch size ({batch_size}) must be positive"
+        )));
+    }
+    if !(1..usize::from(IGNORE)).contains(&classes) {
+        return Err(SegmentationError::Config(format!(
+            "{classes} classes; 1–254 are possible"
+        )));
+    }
+    Ok(())
+}
+
+/// Trains for `schedule.epochs` epochs of the training split in a fresh seeded order each:
+/// `logits(x, height, width)` per batch, per-pixel cross-entropy ([`IGNORE`] ignored), one
+/// `optimiser` step; one log line per epoch. Returns the mean loss per labelled pixel per epoch.
+pub(crate) fn train(
+    data: &SegmentationData,
+    schedule: &Schedule<'_>,
+    optimiser: &mut dyn Optimiser,
+    mut logits: impl FnMut(&Tensor, i64, i64) -> Tensor,
+    device: Device,
+) -> Result<Vec<f64>, SegmentationError> {
+    let input = Normalizer::new(device);
+    let train = &data.train;
+    let mut losses = Vec::with_capacity(schedule.epochs as usize);
+    for epoch in 0..schedule.epochs {
         let epoch_started = Instant::now();
-        let lr = step_lr(probe.lr, epoch, probe.epochs);
+        let lr = (schedule.lr)(epoch);
         let mut order: Vec<usize> = (0..train.len()).collect();
         SampleRng::from_parts(&[SEED, u64::from(epoch), 0x5e6]).shuffle(&mut order);
         let loader = SegLoader::new(
             Arc::clone(train),
             order,
-            training_augment(probe.side),
-            loader_config(epoch),
+            data.train_augment,
+            loader_config(schedule.batch_size, schedule.threads, epoch),
         )?;
         let (mut loss_sum, mut pixels, mut skipped) = (0.0f64, 0usize, 0usize);
         for batch in loader {
             let batch = batch?;
             skipped += batch.skipped;
-            let Some((x, masks)) = inputs(&batch, probe.side, &input)? else {
+            let Some(Inputs {
+                x,
+                masks,
+                height: h,
+                width: w,
+            }) = inputs(&batch, &input, device)?
+            else {
                 continue;
             };
-            let labelled = labelled_pixels(&masks, probe.classes, &batch, train)?;
+            let labelled = labelled_pixels(&masks, data.classes, &batch, train)?;
             // A batch of ignored pixels only has no loss (its mean would be 0/0).
             if labelled == 0 {
                 continue;
             }
             let n = batch.samples.len() as i64;
-            let features = tch::no_grad(|| backbone.forward_layer4_dilated_t(&x, false));
             let target = Tensor::from_slice(&masks)
                 .to_kind(Kind::Int64)
-                .view([n, side, side])
+                .view([n, h, w])
                 .to_device(device);
-            let logits = head.forward_t(&features.to_kind(Kind::Float), side, side, true);
-            let loss = logits.cross_entropy_loss::<Tensor>(
+            let loss = logits(&x, h, w).cross_entropy_loss::<Tensor>(
                 &target,
                 None,
                 Reduction::Mean,
                 i64::from(IGNORE),
                 0.0,
             );
-            sgd.zero_grad();
+            optimiser.zero_grad();
             loss.backward();
-            sgd.step(lr);
+            optimiser.step(lr);
             loss_sum += loss.double_value(&[]) * labelled as f64;
             pixels += labelled;
         }
@@ -322,7 +367,7 @@ pub fn evaluate(
         }
         info!(
             epoch = epoch + 1,
-            epochs = probe.epochs,
+            epochs = schedule.epochs,
             loss,
             lr,
             seconds = epoch_started.elapsed().as_secs_f64(),
@@ -330,29 +375,47 @@ pub fn evaluate(
         );
         losses.push(loss);
     }
+    Ok(losses)
+}
 
-    let mut confusion = ConfusionMatrix::new(probe.classes);
+/// Scores `predict(x, height, width)` (N×C×h×w logits, computed without gradients) on the
+/// validation split: the scores and the number of images.
+pub(crate) fn score(
+    data: &SegmentationData,
+    batch_size: usize,
+    threads: usize,
+    predict: impl Fn(&Tensor, i64, i64) -> Tensor,
+    device: Device,
+) -> Result<(SegmentationScores, usize), SegmentationError> {
+    let input = Normalizer::new(device);
+    let val = &data.val;
+    let mut confusion = ConfusionMatrix::new(data.classes);
     let mut done = Vec::with_capacity(val.len());
     let loader = SegLoader::new(
         Arc::clone(val),
         (0..val.len()).collect(),
-        validation_augment(probe.side),
-        loader_config(0),
+        data.val_augment,
+        loader_config(batch_size, threads, 0),
     )?;
-    let pixels = probe.side * probe.side;
     for batch in loader {
         let batch = batch?;
-        let Some((x, masks)) = inputs(&batch, probe.side, &input)? else {
+        let Some(Inputs {
+            x,
+            masks,
+            height: h,
+            width: w,
+        }) = inputs(&batch, &input, device)?
+        else {
             continue;
         };
         let predictions = tch::no_grad(|| {
-            let features = backbone.forward_layer4_dilated_t(&x, false);
-            head.forward_t(&features.to_kind(Kind::Float), side, side, false)
+            predict(&x, h, w)
                 .argmax(1, false)
                 .to_kind(Kind::Uint8)
                 .to_device(Device::Cpu)
         });
         let predictions = Vec::<u8>::try_from(predictions.flatten(0, -1)).map_err(internal)?;
+        let pixels = (h * w) as usize;
         for (sample, (p, t)) in batch.samples.iter().zip(
             predictions
                 .chunks_exact(pixels)
@@ -380,11 +443,11 @@ pub fn evaluate(
             first: val.describe(first),
         });
     }
-    let result = SegmentationResult {
-        scores: confusion.scores(),
-        losses,
-        images: done.len(),
-    };
+    Ok((confusion.scores(), done.len()))
+}
+
+/// Logs the scores of `result`.
+pub(crate) fn log_scores(result: &SegmentationResult, started: Instant) {
     info!(
         miou = result.scores.miou * 100.0,
         miou_present = result.scores.miou_present * 100.0,
@@ -393,76 +456,146 @@ pub fn evaluate(
         seconds = started.elapsed().as_secs_f64(),
         "segmentation scored"
     );
+}
+
+/// Trains the linear head on the training split and scores it on `val`.
+pub fn evaluate(
+    data: &SegmentationData,
+    backbone: &ResNet,
+    probe: &LinearProbe,
+    device: Device,
+) -> Result<SegmentationResult, SegmentationError> {
+    check(probe.epochs, probe.batch_size, data.classes)?;
+    let started = Instant::now();
+    tch::manual_seed(SEED as i64);
+    let head = LinearHead::new(backbone.feature_dim(), data.classes as i64, device);
+    let mut sgd = Sgd::new(
+        head.parameters(),
+        SgdConfig {
+            momentum: MOMENTUM,
+            weight_decay: WEIGHT_DECAY,
+        },
+    );
+    let lr = |epoch| step_lr(probe.lr, epoch, probe.epochs);
+    let schedule = Schedule {
+        epochs: probe.epochs,
+        batch_size: probe.batch_size,
+        threads: probe.threads,
+        lr: &lr,
+    };
+    let losses = train(
+        data,
+        &schedule,
+        &mut sgd,
+        |x, h, w| {
+            let features = tch::no_grad(|| backbone.forward_layer4_dilated_t(x, false));
+            head.forward_t(&features.to_kind(Kind::Float), h, w, true)
+        },
+        device,
+    )?;
+    let (scores, images) = score(
+        data,
+        probe.batch_size,
+        probe.threads,
+        |x, h, w| {
+            let features = backbone.forward_layer4_dilated_t(x, false);
+            head.forward_t(&features.to_kind(Kind::Float), h, w, false)
+        },
+        device,
+    )?;
+    let result = SegmentationResult {
+        scores,
+        losses,
+        images,
+    };
+    log_scores(&result, started);
     Ok(result)
 }
 
-/// The `segmentation` evaluation of a run config (linear mode): its VOC data set's `trainaug`
-/// (or `train`) and `val` splits at [`input_side`] of the run's large crop; the metrics object
-/// of `kontrast eval` (percent), with the first and last epochs' training loss.
+/// The `segmentation` evaluation of a run config in `mode`: its VOC or Cityscapes data set
+/// ([`SegmentationData`]) at the scale of the run's large crop; the metrics object of
+/// `kontrast eval` (percent), with the mode and the first and last epochs' training loss.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     evaluation: &EvaluationConfig,
     crop: usize,
-    backbone: &ResNet,
+    moco: &Moco,
     threads: usize,
     device: Device,
     epochs: u32,
     batch_size: u32,
+    mode: SegmentationMode,
 ) -> Result<serde_json::Value, SegmentationError> {
-    if evaluation.dataset.format != EvaluationDatasetFormat::Voc {
-        return Err(SegmentationError::Format(evaluation.dataset.format));
-    }
-    let root = Path::new(&evaluation.dataset.path);
-    let listed = |split: &str| {
-        root.join("ImageSets/Segmentation")
-            .join(format!("{split}.txt"))
-            .is_file()
+    let data = SegmentationData::open(evaluation, crop)?;
+    let backbone = &moco.encoder_q().backbone;
+    let (width, height) = data.val_size().unwrap_or_default();
+    let result = match mode {
+        SegmentationMode::Linear => {
+            let probe = LinearProbe {
+                epochs,
+                batch_size: batch_size as usize,
+                lr: LINEAR_LR,
+                threads,
+            };
+            info!(
+                format = ?data.format,
+                train_split = data.train_split,
+                train = data.train.len(),
+                val = data.val.len(),
+                width,
+                height,
+                epochs,
+                batch_size,
+                lr = probe.lr,
+                "segmentation linear probe"
+            );
+            evaluate(&data, backbone, &probe, device)?
+        }
+        SegmentationMode::Finetune => {
+            let config = Finetune::for_data(&data, epochs, batch_size as usize, threads);
+            info!(
+                format = ?data.format,
+                train_split = data.train_split,
+                train = data.train.len(),
+                val = data.val.len(),
+                width,
+                height,
+                epochs,
+                batch_size,
+                lr = config.lr,
+                optimiser = ?config.optimiser,
+                dilation = config.dilation,
+                "segmentation fine-tuning"
+            );
+            // The query encoder's backbone: every parameter but the projection head's.
+            let params = moco
+                .trainable_named()
+                .into_iter()
+                .filter(|(name, _)| !name.starts_with("encoder_q.fc."))
+                .map(|(_, t)| t)
+                .collect();
+            finetune::evaluate(&data, backbone, params, &config, device)?
+        }
     };
-    let train_split = if listed(TRAINAUG_SPLIT) {
-        TRAINAUG_SPLIT
-    } else {
-        TRAIN_SPLIT
-    };
-    let train = Arc::new(SegDataset::voc(root, train_split)?);
-    let val = Arc::new(SegDataset::voc(root, VAL_SPLIT)?);
-    let probe = LinearProbe {
-        epochs,
-        batch_size: batch_size as usize,
-        side: input_side(crop),
-        classes: VOC_SEGMENTATION_CLASSES,
-        lr: LINEAR_LR,
-        threads,
-    };
-    info!(
-        train_split,
-        train = train.len(),
-        val = val.len(),
-        side = probe.side,
-        epochs,
-        batch_size,
-        lr = probe.lr,
-        "segmentation linear probe"
-    );
-    let result = evaluate(&train, &val, backbone, &probe, device)?;
     let iou: serde_json::Map<String, serde_json::Value> = result
         .scores
         .iou
         .iter()
         .enumerate()
-        .map(|(c, v)| {
-            let name = voc_segmentation_class_name(c).unwrap_or("?");
-            (name.to_string(), json!(v * 100.0))
-        })
+        .map(|(c, v)| (data.class_name(c).to_string(), json!(v * 100.0)))
         .collect();
     let (first, last) = match (result.losses.first(), result.losses.last()) {
         (Some(&f), Some(&l)) => (f, l),
         _ => return Err(internal("no training epoch ran")),
     };
     Ok(json!({
+        "mode": mode,
         "mIoU": result.scores.miou * 100.0,
         "mIoUPresent": result.scores.miou_present * 100.0,
         "pixelAccuracy": result.scores.pixel_accuracy * 100.0,
         "iou": iou,
         "trainLoss": {"first": first, "last": last},
+        "images": result.images,
     }))
 }
 

@@ -40,6 +40,11 @@ pub struct Metrics {
     data_wait_total: Counter,
     step_data_wait: Histogram,
     gpu_memory_allocated: IntGaugeVec,
+    // Label-less vectors: the series appear with the first measurement, not as a misleading 0.
+    knn_monitor_top1: GaugeVec,
+    knn_monitor_top5: GaugeVec,
+    /// `kontrast_knn_monitor_seconds`: wall time of one kNN monitor measurement.
+    pub knn_monitor_seconds: Histogram,
     /// `kontrast_train_learning_rate`: the optimiser's current learning rate.
     pub learning_rate: Gauge,
     /// `kontrast_train_epoch`: the current epoch.
@@ -239,6 +244,39 @@ impl Metrics {
                     &["device"],
                 ),
             )?,
+            knn_monitor_top1: register(
+                r,
+                "kontrast_knn_monitor_top1",
+                GaugeVec::new(
+                    Opts::new(
+                        "kontrast_knn_monitor_top1",
+                        "Latest kNN monitor top-1 accuracy in percent",
+                    ),
+                    &[],
+                ),
+            )?,
+            knn_monitor_top5: register(
+                r,
+                "kontrast_knn_monitor_top5",
+                GaugeVec::new(
+                    Opts::new(
+                        "kontrast_knn_monitor_top5",
+                        "Latest kNN monitor top-5 accuracy in percent",
+                    ),
+                    &[],
+                ),
+            )?,
+            knn_monitor_seconds: register(
+                r,
+                "kontrast_knn_monitor_seconds",
+                // 50 ms .. 14 min
+                histogram(
+                    "kontrast_knn_monitor_seconds",
+                    "Wall time of one kNN monitor measurement",
+                    0.05,
+                    15,
+                ),
+            )?,
             registry,
         })
     }
@@ -266,6 +304,17 @@ impl Metrics {
         self.gpu_memory_allocated
             .with_label_values(&[device.to_string().as_str()])
             .set(bytes);
+    }
+
+    /// Sets the kNN monitor's latest accuracies (percent). Runs without the monitor export no
+    /// series.
+    pub fn set_knn_monitor(&self, top1: f64, top5: f64) {
+        self.knn_monitor_top1
+            .with_label_values::<&str>(&[])
+            .set(top1);
+        self.knn_monitor_top5
+            .with_label_values::<&str>(&[])
+            .set(top5);
     }
 
     /// Every series in the Prometheus text format (`text/plain; version=0.0.4`).
@@ -333,5 +382,26 @@ mod tests {
         m.set_gpu_memory_allocated(0, 1024);
         let text = m.encode().unwrap();
         assert!(text.contains("kontrast_train_gpu_memory_allocated_bytes{device=\"0\"} 1024"));
+    }
+
+    #[test]
+    fn knn_monitor_gauges_appear_with_the_first_measurement_and_the_constant_labels() {
+        let m = Metrics::new(Some("r1"), Some(0)).unwrap();
+        let text = m.encode().unwrap();
+        assert!(!text.contains("kontrast_knn_monitor_top1{"), "{text}");
+        m.set_knn_monitor(61.5, 97.25);
+        let text = m.encode().unwrap();
+        for (name, value) in [
+            ("kontrast_knn_monitor_top1{", "} 61.5"),
+            ("kontrast_knn_monitor_top5{", "} 97.25"),
+        ] {
+            let series = text
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} missing from\n{text}"));
+            for part in ["rank=\"0\"", "run=\"r1\"", value] {
+                assert!(series.contains(part), "{series}");
+            }
+        }
     }
 }

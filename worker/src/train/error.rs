@@ -5,6 +5,7 @@ use crate::checkpoint::CheckpointError;
 use crate::dist::DistError;
 use crate::telemetry::TelemetryError;
 
+use super::monitor::MonitorError;
 use super::step::StepError;
 
 /// Exit code of a failure that retrying cannot fix (bad config, missing data set); the
@@ -66,6 +67,9 @@ pub enum TrainError {
         /// What does not fit.
         reason: String,
     },
+    /// The kNN monitor's data cannot be used (`spec.monitor.knn.dataset`).
+    #[error(transparent)]
+    Monitor(#[from] MonitorError),
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
@@ -83,6 +87,7 @@ impl TrainError {
                 | TrainError::Config(_)
                 | TrainError::Environment(_)
                 | TrainError::Dataset(_)
+                | TrainError::Monitor(_)
                 | TrainError::IncompatibleCheckpoint { .. }
                 | TrainError::CheckpointVolumeFull { .. }
         )

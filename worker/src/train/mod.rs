@@ -4,6 +4,7 @@ pub mod collectives;
 pub mod config;
 pub mod error;
 pub mod loss_scale;
+pub mod monitor;
 pub mod precision;
 pub mod progress_bar;
 pub mod schedule;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kontrast_api::config::{DatasetFormat, RunConfig};
-use kontrast_api::progress::{CheckpointReport, Report};
+use kontrast_api::progress::{CheckpointReport, KnnMonitorReport, Report};
 use kontrast_data::{Batch, Dataset, Loader, LoaderConfig, LoaderStats, MultiCropSpec, Sampler};
 use tch::{Cuda, Device, Tensor};
 use tracing::{debug, info, warn};
@@ -20,6 +20,7 @@ use crate::telemetry::{LossKind, Metrics, Progress, Server};
 
 use super::collectives::GradientAverager;
 use super::error::TrainError;
+use super::monitor::KnnMonitor;
 use super::precision::MixedPrecision;
 use super::progress_bar::ProgressBar;
 use super::schedule::learning_rate;
@@ -213,6 +214,23 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
             batch_per_rank
         )));
     }
+    // Only rank 0 measures; its data is checked before anything heavy starts.
+    let monitor = match (&config.monitor, leader) {
+        (Some(m), true) => {
+            let monitor = KnnMonitor::open(
+                m,
+                config.recipe.crops.large.size as usize,
+                options.data_threads,
+            )?;
+            let (bank, queries) = monitor.sizes();
+            info!(
+                every_epochs = m.every_epochs,
+                bank, queries, "kNN monitor ready"
+            );
+            Some(monitor)
+        }
+        _ => None,
+    };
     let epochs = config.recipe.epochs;
     let total_steps = steps_per_epoch * u64::from(epochs);
     info!(
@@ -510,8 +528,40 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
                 })
             });
         }
+        if let Some(monitor) = monitor.as_ref().filter(|m| m.due(done, epochs)) {
+            // After the checkpoint, so a failing measurement cannot cost the epoch. A failure
+            // here (e.g. the volume went away) is reported and training goes on.
+            match monitor.evaluate(&moco.encoder_q().backbone, device) {
+                Ok(m) => {
+                    info!(
+                        epoch = done,
+                        top1 = format_args!("{:.2}", m.top1),
+                        top5 = format_args!("{:.2}", m.top5),
+                        seconds = format_args!("{:.2}", m.seconds),
+                        "kNN monitor"
+                    );
+                    if m.corrupt_skipped > 0 {
+                        warn!(
+                            skipped = m.corrupt_skipped,
+                            "kNN monitor: undecodable images left out"
+                        );
+                        metrics.corrupt_images_skipped.inc_by(m.corrupt_skipped);
+                    }
+                    metrics.set_knn_monitor(m.top1, m.top5);
+                    metrics.knn_monitor_seconds.observe(m.seconds);
+                    progress.update(|r| {
+                        r.knn_monitor = Some(KnnMonitorReport {
+                            epoch: done,
+                            top1: m.top1,
+                            top5: m.top5,
+                        })
+                    });
+                }
+                Err(e) => warn!(epoch = done, error = %e, "kNN monitor failed; training goes on"),
+            }
+        }
         if let Some(pg) = &pg {
-            // No rank runs ahead into the next epoch while rank 0 is still writing.
+            // No rank runs ahead into the next epoch while rank 0 is still writing or measuring.
             pg.barrier()?;
         }
     }
