@@ -81,16 +81,18 @@ phase=""
 last=""
 deadline=$(($(date +%s) + 30 * 60))
 while [ "$(date +%s)" -lt "$deadline" ]; do
-  line=$("$KUBECTL" get crun "$RUN" -n "$NS" -o jsonpath='{.status.phase}|{.status.progress.epoch}|{.status.progress.step}|{.status.progress.totalSteps}|{.status.progress.loss}|{.status.progress.imagesPerSecond}|{range .status.evaluations[*]}{.name}={.phase} {end}' 2>/dev/null || true)
-  IFS='|' read -r phase epoch step total loss ips evals <<<"$line"
+  line=$("$KUBECTL" get crun "$RUN" -n "$NS" -o jsonpath='{.status.phase}|{.status.progress.epoch}|{.status.progress.step}|{.status.progress.totalSteps}|{.status.progress.loss}|{.status.progress.imagesPerSecond}|{.status.progress.knnMonitor.top1}|{range .status.evaluations[*]}{.name}={.phase} {end}' 2>/dev/null || true)
+  IFS='|' read -r phase epoch step total loss ips knn evals <<<"$line"
   if [ -n "$line" ] && [ "$line" != "$last" ]; then
     case "$phase" in
       Training|Restarting)
         if [ -z "$total" ]; then
           printf '  %-10s pods starting\n' "$phase"
         else
-          printf '  %-10s epochs done %s  step %s/%s  loss %.3f  %.0f images/s\n' \
-            "$phase" "${epoch:-0}" "$step" "$total" "${loss:-0}" "${ips:-0}"
+          monitor=""
+          [ -n "$knn" ] && monitor=$(printf '  kNN monitor top-1 %.1f %%' "$knn")
+          printf '  %-10s epochs done %s  step %s/%s  loss %.3f  %.0f images/s%s\n' \
+            "$phase" "${epoch:-0}" "$step" "$total" "${loss:-0}" "${ips:-0}" "$monitor"
         fi ;;
       Evaluating) printf '  %-10s %s\n' "$phase" "${evals:-Jobs starting}" ;;
       *) printf '  %s\n' "${phase:-Pending}" ;;
@@ -126,6 +128,9 @@ p = s.get("progress", {})
 print("  training: {} epochs, {} steps, final loss {:.3f}, {:.0f} images/s, {} restarts".format(
     p.get("epoch"), p.get("step"), p.get("loss", float("nan")), p.get("imagesPerSecond", 0),
     s.get("restarts", 0)))
+m = p.get("knnMonitor")
+if m:
+    print("  kNN monitor after epoch {}: top-1 {:.2f} %, top-5 {:.2f} %".format(m["epoch"], m["top1"], m["top5"]))
 print()
 print("  {:<12} {:<8} {:>8}   {}".format("evaluation", "metric", "value", "job"))
 jobs = {e["name"]: e.get("job", "") for e in s.get("evaluations", [])}

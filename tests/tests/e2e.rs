@@ -335,6 +335,13 @@ async fn a_real_run_trains_evaluates_and_fills_every_dashboard_panel() {
         progress.loss.is_some_and(|l| l.is_finite() && l > 0.0),
         "{progress:?}"
     );
+    // The manifest's kNN monitor measured after the last epoch too.
+    let monitor = progress.knn_monitor.expect("a kNN monitor result");
+    assert_eq!(monitor.epoch, epochs, "{monitor:?}");
+    assert!(
+        (0.0..=100.0).contains(&monitor.top1) && monitor.top5 >= monitor.top1,
+        "{monitor:?}"
+    );
     let checkpoint = status.last_checkpoint.clone().expect("a checkpoint");
     assert_eq!(checkpoint.epoch, epochs, "{checkpoint:?}");
     let files = files_under(&state.host_path_dir(Path::new(CHECKPOINT_HOST_PATH)));
