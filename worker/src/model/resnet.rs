@@ -134,19 +134,24 @@ impl Block {
         let conv = |c: &Conv2d, x: &Tensor| {
             c.forward_dilated(x, stride.unwrap_or(c.stride), c.dilation * dilation)
         };
+        // The ReLUs and the residual sum run in place, as torchvision's blocks do: each would
+        // otherwise allocate an activation-sized tensor that autograd keeps until the backward
+        // pass. Safe here because every `y` is a fresh batch-norm output, whose backward needs
+        // its input, not its output.
         let last = self.convs.len() - 1;
         let mut y = x.shallow_clone();
         for (i, (c, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
             y = bn.forward_t(&conv(c, &y), train);
             if i != last {
-                y = y.relu();
+                let _ = y.relu_();
             }
         }
         let identity = match &self.downsample {
             Some(d) => d.bn.forward_t(&conv(&d.conv, x), train),
             None => x.shallow_clone(),
         };
-        (y + identity).relu()
+        let _ = y.g_add_(&identity).relu_();
+        y
     }
 }
 
@@ -214,7 +219,8 @@ impl ResNet {
     }
 
     fn stem_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = self.bn1.forward_t(&self.conv1.forward(x), train).relu();
+        let mut y = self.bn1.forward_t(&self.conv1.forward(x), train);
+        let _ = y.relu_();
         if self.max_pool {
             y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
         } else {
