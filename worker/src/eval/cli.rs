@@ -22,7 +22,7 @@ use crate::train::sgd::{Sgd, SgdConfig};
 use crate::train::{config, state, trainer};
 
 use super::features::extract;
-use super::knn::weighted_knn_top1;
+use super::knn::weighted_knn_accuracy;
 use super::labelled::{self, LabelledSplits};
 use super::linear_svm::{self, SvmData};
 
@@ -131,7 +131,7 @@ fn knn(
         device,
     )
     .map_err(permanent)?;
-    let top1 = weighted_knn_top1(
+    let accuracy = weighted_knn_accuracy(
         &train_f,
         &train_l,
         &test_f,
@@ -141,14 +141,15 @@ fn knn(
         classes as i64,
     );
     info!(
-        top1,
+        top1 = accuracy.top1,
+        top5 = accuracy.top5,
         train = n_train,
         test = n_test,
         k,
         temperature,
         "kNN evaluation"
     );
-    Ok(json!({ "top1": top1 * 100.0 }))
+    Ok(json!({ "top1": accuracy.top1 * 100.0, "top5": accuracy.top5 * 100.0 }))
 }
 
 fn linear_svm(
