@@ -1048,6 +1048,14 @@ mod examples {
         let kinds: Vec<_> = config.evaluations.iter().map(|e| e.task.kind()).collect();
         use crate::config::EvaluationKind::*;
         assert_eq!(kinds, [LinearSvm, Segmentation, Davis]);
+        assert!(matches!(
+            config.evaluations[1].task,
+            crate::config::EvaluationTask::Segmentation {
+                mode: crate::config::SegmentationMode::Finetune,
+                epochs: 45,
+                batch_size: 16,
+            }
+        ));
     }
 
     #[test]
