@@ -55,6 +55,23 @@ impl TestCluster {
         })
     }
 
+    /// A cluster whose node runs the product's `kontrast` binary (built in `bin`) for the
+    /// worker image, with the `ContrastiveRun` CRD installed and namespace `ns` ready: what the
+    /// suites that train for real start from.
+    pub async fn with_real_worker(
+        base: &str,
+        name: &str,
+        node_bin: &str,
+        bin: &std::path::Path,
+        ns: &str,
+    ) -> Result<Self> {
+        let worker = format!("kontrast-worker={}", bin.display());
+        let tc = Self::start_with(base, name, node_bin, |o| o.node.images.push(worker)).await?;
+        crate::crd::install(&tc.client).await?;
+        tc.namespace(ns).await?;
+        Ok(tc)
+    }
+
     /// Creates namespace `name` and waits for its default service account and that account's
     /// token (the apiserver refuses pods before both exist).
     pub async fn namespace(&self, name: &str) -> Result<String> {

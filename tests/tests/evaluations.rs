@@ -70,22 +70,15 @@ fn volume(host_path: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_evaluation_kind_runs_as_an_operator_job_and_reports_to_status_and_metrics() {
     let bin = chart::product_binary_dir(Path::new(env!("CARGO_BIN_EXE_kontrast-node")));
-    let tc = TestCluster::start_with(
+    let tc = TestCluster::with_real_worker(
         env!("CARGO_TARGET_TMPDIR"),
         "evaluations",
         env!("CARGO_BIN_EXE_kontrast-node"),
-        |o| {
-            o.node
-                .images
-                .push(format!("kontrast-worker={}", bin.display()))
-        },
+        &bin,
+        NS,
     )
     .await
     .expect("cluster starts");
-    kontrast_tests::crd::install(&tc.client)
-        .await
-        .expect("CRD installs");
-    tc.namespace(NS).await.expect("namespace");
 
     // The data, in each protocol's on-disk format, on the node's host paths.
     let state = tc.cluster.state.clone();

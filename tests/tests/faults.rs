@@ -396,22 +396,15 @@ fn newest_checkpoint(dir: &Path, epoch: u32) -> PathBuf {
 async fn a_run_survives_killed_evicted_frozen_ranks_a_killed_operator_and_a_corrupt_checkpoint() {
     let bin = binary_dir();
     let repo = chart::repo_root();
-    let tc = TestCluster::start_with(
+    let tc = TestCluster::with_real_worker(
         env!("CARGO_TARGET_TMPDIR"),
         "faults",
         env!("CARGO_BIN_EXE_kontrast-node"),
-        |o| {
-            o.node
-                .images
-                .push(format!("kontrast-worker={}", bin.display()))
-        },
+        &bin,
+        NS,
     )
     .await
     .expect("cluster starts");
-    kontrast_tests::crd::install(&tc.client)
-        .await
-        .expect("CRD installs");
-    tc.namespace(NS).await.expect("namespace");
 
     let state = tc.cluster.state.clone();
     let data = state.host_path_dir(Path::new(DATA_HOST_PATH));

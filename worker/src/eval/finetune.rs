@@ -23,7 +23,7 @@ use super::finetune_head::FinetuneHead;
 use super::poly_lr::poly_lr;
 use super::segmentation::{
     MOMENTUM, Optimiser, SEED, Schedule, SegmentationError, SegmentationResult, WEIGHT_DECAY,
-    check, log_scores, score, step_lr, train,
+    check, scored, step_lr, train,
 };
 use super::segmentation_data::SegmentationData;
 
@@ -149,7 +149,7 @@ pub fn evaluate(
         },
         device,
     )?;
-    let (scores, images) = score(
+    scored(
         data,
         config.batch_size,
         config.threads,
@@ -158,14 +158,9 @@ pub fn evaluate(
             head.forward_t(&features.to_kind(Kind::Float), h, w, false)
         },
         device,
-    )?;
-    let result = SegmentationResult {
-        scores,
         losses,
-        images,
-    };
-    log_scores(&result, started);
-    Ok(result)
+        started,
+    )
 }
 
 #[cfg(test)]

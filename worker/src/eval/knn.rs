@@ -76,16 +76,16 @@ pub fn weighted_knn_top1(
     temperature: f64,
     classes: i64,
 ) -> f64 {
-    let n_test = test.size()[0];
-    if n_test == 0 {
-        return 0.0;
-    }
-    let predicted = weighted_knn_predict(train, train_labels, test, k, temperature, classes);
-    let correct = predicted
-        .eq_tensor(test_labels)
-        .sum(Kind::Int64)
-        .int64_value(&[]);
-    correct as f64 / n_test as f64
+    weighted_knn_accuracy(
+        train,
+        train_labels,
+        test,
+        test_labels,
+        k,
+        temperature,
+        classes,
+    )
+    .top1
 }
 
 /// Top-1 and top-5 accuracy, in [0, 1].

@@ -380,7 +380,7 @@ pub(crate) fn train(
 
 /// Scores `predict(x, height, width)` (N×C×h×w logits, computed without gradients) on the
 /// validation split: the scores and the number of images.
-pub(crate) fn score(
+fn score(
     data: &SegmentationData,
     batch_size: usize,
     threads: usize,
@@ -447,7 +447,27 @@ pub(crate) fn score(
 }
 
 /// Logs the scores of `result`.
-pub(crate) fn log_scores(result: &SegmentationResult, started: Instant) {
+/// Scores `predict` on `val` for a network whose training gave `losses`, and logs the scores.
+pub(crate) fn scored(
+    data: &SegmentationData,
+    batch_size: usize,
+    threads: usize,
+    predict: impl Fn(&Tensor, i64, i64) -> Tensor,
+    device: Device,
+    losses: Vec<f64>,
+    started: Instant,
+) -> Result<SegmentationResult, SegmentationError> {
+    let (scores, images) = score(data, batch_size, threads, predict, device)?;
+    let result = SegmentationResult {
+        scores,
+        losses,
+        images,
+    };
+    log_scores(&result, started);
+    Ok(result)
+}
+
+fn log_scores(result: &SegmentationResult, started: Instant) {
     info!(
         miou = result.scores.miou * 100.0,
         miou_present = result.scores.miou_present * 100.0,
@@ -493,7 +513,7 @@ pub fn evaluate(
         },
         device,
     )?;
-    let (scores, images) = score(
+    scored(
         data,
         probe.batch_size,
         probe.threads,
@@ -502,14 +522,9 @@ pub fn evaluate(
             head.forward_t(&features.to_kind(Kind::Float), h, w, false)
         },
         device,
-    )?;
-    let result = SegmentationResult {
-        scores,
         losses,
-        images,
-    };
-    log_scores(&result, started);
-    Ok(result)
+        started,
+    )
 }
 
 /// The `segmentation` evaluation of a run config in `mode`: its VOC or Cityscapes data set
