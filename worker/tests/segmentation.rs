@@ -177,22 +177,7 @@ fn miou_equals_the_reference_meter_on_random_label_maps() {
 
 #[test]
 fn layer4_maps_average_to_the_pooled_features() {
-    tch::manual_seed(0);
-    let moco = Moco::new(
-        MocoSpec {
-            arch: Arch::Resnet18,
-            cifar_stem: true,
-            width: 8,
-            dim: 16,
-            queue_size: 32,
-            mlp: true,
-            momentum: 0.99,
-            temperature: 0.2,
-            knn: None,
-            shuffle_keys: false,
-        },
-        Device::Cpu,
-    );
+    let moco = small_moco();
     let backbone = &moco.encoder_q().backbone;
     let x = Tensor::randn([2, 3, 36, 36], (Kind::Float, Device::Cpu));
     let maps = tch::no_grad(|| backbone.forward_layer4_maps_t(&x, false));
