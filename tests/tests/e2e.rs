@@ -382,8 +382,11 @@ async fn a_real_run_trains_evaluates_and_fills_every_dashboard_panel() {
     // Prometheus: the evaluation results as the operator exports them, once scraped.
     let prom = state.prometheus();
     let sel = format!(r#"namespace="{NS}", run="{RUN}""#);
+    // One series per number in status.results: kNN top-1 and top-5, the SVM's mAP.
+    let series: usize = status.results.values().map(|m| m.len()).sum();
+    assert_eq!(series, 3, "{:?}", status.results);
     let results = wait::until(
-        "both evaluation results in Prometheus",
+        "every evaluation result in Prometheus",
         PROMETHEUS_TIMEOUT,
         Duration::from_millis(500),
         || {
@@ -391,7 +394,7 @@ async fn a_real_run_trains_evaluates_and_fills_every_dashboard_panel() {
             let q = format!("kontrast_run_evaluation_result{{{sel}}}");
             async move {
                 let s = prom.query(&q).await.ok()?;
-                (s.len() == 2).then_some(s)
+                (s.len() == series).then_some(s)
             }
         },
     )
