@@ -18,7 +18,9 @@ pub enum SplitsError {
         source: DataError,
     },
     /// The format has no labelled classification splits.
-    #[error("kNN reads fashionMnist or imagefolder data sets, not {0:?}")]
+    #[error(
+        "labelled train/test splits come from fashionMnist or imagefolder data sets, not {0:?}"
+    )]
     Format(EvaluationDatasetFormat),
 }
 
