@@ -69,7 +69,8 @@ pub struct EvaluationDataset {
     /// On-disk layout: `imagefolder` (`train/` and `val/`, a sub-directory per class), `voc`,
     /// `cityscapes`, `davis` or `fashionMnist`.
     pub format: EvaluationDatasetFormat,
-    /// Absolute path of the dataset inside the evaluation container, without `..` components.
+    /// Absolute path of the dataset inside the container that reads it (the evaluation Job's, or
+    /// every worker pod's for the kNN monitor), without `..` components.
     #[schemars(length(min = 1, max = MAX_PATH_LENGTH), pattern(ABSOLUTE_PATH_PATTERN))]
     pub path: String,
     /// Volume holding the dataset, mounted read-only unless it says otherwise.
