@@ -28,6 +28,20 @@ pub struct Report {
     /// The kNN monitor's latest result, if it is on and has run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knn_monitor: Option<KnnMonitorReport>,
+    /// The kNN monitor's latest failure, if it failed after its latest result (training goes on
+    /// without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn_monitor_failure: Option<KnnMonitorFailure>,
+}
+
+/// A kNN monitor measurement that failed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KnnMonitorFailure {
+    /// Epochs trained when it was attempted.
+    pub epoch: u32,
+    /// Why it failed.
+    pub error: String,
 }
 
 /// One result of the kNN monitor.
@@ -81,10 +95,18 @@ mod tests {
                 top1: 70.5,
                 top5: 98.0,
             }),
+            knn_monitor_failure: Some(KnnMonitorFailure {
+                epoch: 2,
+                error: "no image".into(),
+            }),
         };
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains("\"imagesPerSecond\":9.5"), "{text}");
         assert!(text.contains("\"knnMonitor\":{\"epoch\":1"), "{text}");
+        assert!(
+            text.contains("\"knnMonitorFailure\":{\"epoch\":2,\"error\":\"no image\"}"),
+            "{text}"
+        );
         assert_eq!(serde_json::from_str::<Report>(&text).unwrap(), r);
     }
 }

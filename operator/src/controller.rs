@@ -14,7 +14,7 @@ use kontrast_api::config::RunConfig;
 use kontrast_api::labels;
 use kontrast_api::v1alpha1::{
     CheckpointRef, ContrastiveRun, ContrastiveRunStatus, EvaluationPhase, EvaluationStatus,
-    Failure, KnnMonitorResult, Progress, RunPhase, condition, reason,
+    Failure, KnnMonitorFailure, KnnMonitorResult, Progress, RunPhase, condition, reason,
 };
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Resource, ResourceExt,
@@ -357,6 +357,10 @@ impl Run<'_> {
                 epoch: k.epoch,
                 top1: k.top1,
                 top5: k.top5,
+            }),
+            knn_monitor_failure: r.knn_monitor_failure.map(|f| KnnMonitorFailure {
+                epoch: f.epoch,
+                error: f.error,
             }),
             updated_at,
         });

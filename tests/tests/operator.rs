@@ -249,7 +249,11 @@ async fn a_run_trains_on_a_gang_then_evaluates_and_reports_its_results() {
         .run(
             &ns,
             "r1",
-            json!({"steps": 10, "evalMetrics": {"knn": {"top1": 61.5, "top5": 88.25}}}),
+            json!({
+                "steps": 10,
+                "evalMetrics": {"knn": {"top1": 61.5, "top5": 88.25}},
+                "monitorFailure": "spec.monitor.knn.dataset /data/r1: no image decodes",
+            }),
             json!({"gpusPerNode": 1, "evaluations": [{"name": "knn", "kind": "knn", "dataset": {"format": "imagefolder", "path": "/data/r1", "volume": {"hostPath": {"path": "/data/r1"}}}}]}),
         )
         .await;
@@ -262,6 +266,15 @@ async fn a_run_trains_on_a_gang_then_evaluates_and_reports_its_results() {
         status.progress.as_ref().map(|p| p.step),
         Some(10),
         "the final progress of rank 0 was recorded"
+    );
+    let failure = status
+        .progress
+        .as_ref()
+        .and_then(|p| p.knn_monitor_failure.clone())
+        .expect("the kNN monitor's failure is in status.progress");
+    assert_eq!(
+        (failure.epoch, failure.error.as_str()),
+        (1, "spec.monitor.knn.dataset /data/r1: no image decodes")
     );
     assert_eq!(status.observed_generation, run.metadata.generation);
 

@@ -302,3 +302,46 @@ fn an_unreadable_monitor_split_is_a_permanent_error_naming_the_field() {
         "{err}"
     );
 }
+
+#[test]
+fn a_failing_measurement_is_reported_and_training_goes_on() {
+    // An image-folder split opens (its files are listed), but no image in it decodes: every
+    // measurement fails when it reads them, after the epoch's checkpoint.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = fashion_mnist_subset(&dir.path().join("data"), 64);
+    let split = dir.path().join("undecodable");
+    for part in ["train", "val"] {
+        for class in ["coat", "shirt"] {
+            let class_dir = split.join(part).join(class);
+            std::fs::create_dir_all(&class_dir).expect("class directory");
+            for i in 0..3 {
+                std::fs::write(class_dir.join(format!("{i}.png")), b"not a PNG").expect("file");
+            }
+        }
+    }
+    let mut config = monitored_run(&data, &split);
+    if let Some(monitor) = config.monitor.as_mut() {
+        monitor.dataset.format = EvaluationDatasetFormat::Imagefolder;
+    }
+    let checkpoints = dir.path().join("checkpoints");
+    let outcome = train_in_process(&config, &checkpoints);
+
+    assert_eq!(outcome.epoch_losses.len(), 2, "both epochs trained");
+    let last = CheckpointStore::new(&checkpoints, 2)
+        .latest()
+        .expect("read checkpoints")
+        .expect("the final checkpoint");
+    assert_eq!(last.manifest.epoch, 2);
+    let report = outcome.report;
+    assert_eq!(report.knn_monitor, None, "no measurement succeeded");
+    let failure = report
+        .knn_monitor_failure
+        .expect("the failure is in the progress report");
+    assert_eq!(failure.epoch, 2, "the latest failure: after the last epoch");
+    assert!(
+        failure.error.starts_with("spec.monitor.knn.dataset")
+            && failure.error.contains(&split.display().to_string()),
+        "{}",
+        failure.error
+    );
+}

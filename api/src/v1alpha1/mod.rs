@@ -37,7 +37,7 @@ pub use run::{
 };
 pub use status::{
     CheckpointRef, ContrastiveRunStatus, EvaluationPhase, EvaluationStatus, Failure,
-    KnnMonitorResult, Progress, RunPhase, condition, reason,
+    KnnMonitorFailure, KnnMonitorResult, Progress, RunPhase, condition, reason,
 };
 
 /// The JSON spelling of a unit enum variant (`EvaluationKind::LinearSvm` → `linearSvm`).

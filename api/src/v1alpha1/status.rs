@@ -150,6 +150,10 @@ pub struct Progress {
     /// Latest result of the kNN monitor (`spec.monitor.knn`), once it has run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knn_monitor: Option<KnnMonitorResult>,
+    /// The kNN monitor's latest failure, while no newer measurement succeeded; training goes on
+    /// without the monitor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn_monitor_failure: Option<KnnMonitorFailure>,
     /// When rank 0 reported this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Time>,
@@ -165,6 +169,16 @@ pub struct KnnMonitorResult {
     pub top1: f64,
     /// Top-5 accuracy in percent.
     pub top5: f64,
+}
+
+/// A kNN monitor measurement that failed.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KnnMonitorFailure {
+    /// Epochs trained when it was attempted.
+    pub epoch: u32,
+    /// Why it failed.
+    pub error: String,
 }
 
 /// A checkpoint written by rank 0.

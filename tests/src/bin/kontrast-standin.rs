@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use axum::Router;
 use axum::routing::get;
-use kontrast_api::progress::Report;
+use kontrast_api::progress::{KnnMonitorFailure, Report};
 use serde::Deserialize;
 
 #[derive(Deserialize, Debug)]
@@ -34,6 +34,8 @@ struct Script {
     eval_metrics: BTreeMap<String, BTreeMap<String, f64>>,
     /// Evaluations that fail.
     eval_fail: Vec<String>,
+    /// Report this kNN monitor failure from the first "epoch" on.
+    monitor_failure: Option<String>,
 }
 
 impl Default for Script {
@@ -48,6 +50,7 @@ impl Default for Script {
             stall: false,
             eval_metrics: BTreeMap::new(),
             eval_fail: Vec::new(),
+            monitor_failure: None,
         }
     }
 }
@@ -61,15 +64,22 @@ fn write_message(msg: &str) {
 }
 
 /// The progress report after `step` of `total` steps (ten steps make an "epoch").
-fn report(step: u64, total: u64) -> Report {
+fn report(step: u64, total: u64, monitor_failure: Option<&str>) -> Report {
+    let epoch = (step / 10) as u32;
     Report {
-        epoch: (step / 10) as u32,
+        epoch,
         step,
         total_steps: total,
         loss: Some(10.0 / (1.0 + step as f64)),
         images_per_second: Some(100.0),
         checkpoint: None,
         knn_monitor: None,
+        knn_monitor_failure: monitor_failure
+            .filter(|_| epoch > 0)
+            .map(|error| KnnMonitorFailure {
+                epoch,
+                error: error.to_string(),
+            }),
     }
 }
 
@@ -113,12 +123,13 @@ async fn launch(config: serde_json::Value, s: Script) -> Result<()> {
         let addr: SocketAddr = format!("{ip}:{port}")
             .parse()
             .context("POD_IP and the metrics port form no address")?;
-        let (s2, total) = (step.clone(), s.steps);
+        let (s2, total, failure) = (step.clone(), s.steps, s.monitor_failure.clone());
         let app = Router::new().route(
             "/progress",
             get(move || {
                 let s = s2.load(Ordering::SeqCst);
-                async move { axum::Json(report(s, total)) }
+                let r = report(s, total, failure.as_deref());
+                async move { axum::Json(r) }
             }),
         );
         let listener = tokio::net::TcpListener::bind(addr)
@@ -145,7 +156,8 @@ async fn launch(config: serde_json::Value, s: Script) -> Result<()> {
         step.store(n, Ordering::SeqCst);
     }
     // Rank 0's final progress report is its termination message (the worker contract).
-    write_message(&serde_json::to_string(&report(s.steps, s.steps))?);
+    let last = report(s.steps, s.steps, s.monitor_failure.as_deref());
+    write_message(&serde_json::to_string(&last)?);
     Ok(())
 }
 

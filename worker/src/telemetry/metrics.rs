@@ -45,6 +45,9 @@ pub struct Metrics {
     knn_monitor_top5: GaugeVec,
     /// `kontrast_knn_monitor_seconds`: wall time of one kNN monitor measurement.
     pub knn_monitor_seconds: Histogram,
+    /// `kontrast_knn_monitor_failures_total`: kNN monitor measurements that failed (training
+    /// went on without them).
+    pub knn_monitor_failures: IntCounter,
     /// `kontrast_train_learning_rate`: the optimiser's current learning rate.
     pub learning_rate: Gauge,
     /// `kontrast_train_epoch`: the current epoch.
@@ -277,6 +280,14 @@ impl Metrics {
                     15,
                 ),
             )?,
+            knn_monitor_failures: register(
+                r,
+                "kontrast_knn_monitor_failures_total",
+                IntCounter::new(
+                    "kontrast_knn_monitor_failures_total",
+                    "kNN monitor measurements that failed; training went on without them",
+                ),
+            )?,
             registry,
         })
     }
@@ -365,6 +376,7 @@ mod tests {
             "kontrast_train_checkpoint_write_seconds_bucket",
             "kontrast_train_checkpoint_last_epoch",
             "kontrast_train_corrupt_images_skipped_total",
+            "kontrast_knn_monitor_failures_total",
             "kontrast_train_loss_scale_overflows_total",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");

@@ -22,6 +22,9 @@ use crate::model::resnet::ResNet;
 
 /// Images per feature-extraction batch.
 const BATCH: usize = 256;
+/// Longest failure message put in the progress report, which must stay well inside the
+/// 4 KiB termination message.
+const MAX_REPORTED_ERROR_BYTES: usize = 512;
 
 /// Why the monitor cannot run. Every message names the spec field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,23 @@ pub enum MonitorError {
         #[source]
         source: EvalError,
     },
+}
+
+impl MonitorError {
+    /// The message, cut to [`MAX_REPORTED_ERROR_BYTES`] on a character boundary, for the
+    /// progress report.
+    pub fn reported(&self) -> String {
+        let mut text = self.to_string();
+        if text.len() > MAX_REPORTED_ERROR_BYTES {
+            let mut cut = MAX_REPORTED_ERROR_BYTES - '…'.len_utf8();
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push('…');
+        }
+        text
+    }
 }
 
 /// One measurement.
@@ -159,5 +179,28 @@ impl KnnMonitor {
             seconds: started.elapsed().as_secs_f64(),
             corrupt_skipped: stats.corrupt_skipped.load(Ordering::Relaxed),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reported_failure_is_cut_on_a_character_boundary_and_marked() {
+        let short = MonitorError::Empty {
+            split: "test",
+            path: "/data/labelled".into(),
+        };
+        assert_eq!(short.reported(), short.to_string());
+
+        let long = MonitorError::Empty {
+            split: "test",
+            path: format!("/{}", "ü".repeat(400)),
+        };
+        let text = long.reported();
+        assert!(text.len() <= MAX_REPORTED_ERROR_BYTES, "{}", text.len());
+        assert!(text.starts_with("spec.monitor.knn.dataset"), "{text}");
+        assert!(text.ends_with('…'), "{text}");
     }
 }

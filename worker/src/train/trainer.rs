@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kontrast_api::config::{DatasetFormat, RunConfig};
-use kontrast_api::progress::{CheckpointReport, KnnMonitorReport, Report};
+use kontrast_api::progress::{CheckpointReport, KnnMonitorFailure, KnnMonitorReport, Report};
 use kontrast_data::{Batch, Dataset, Loader, LoaderConfig, LoaderStats, MultiCropSpec, Sampler};
 use tch::{Cuda, Device, Tensor};
 use tracing::{debug, info, warn};
@@ -554,10 +554,20 @@ pub fn run(config: &RunConfig, options: &Options) -> Result<Outcome, TrainError>
                             epoch: done,
                             top1: m.top1,
                             top5: m.top5,
+                        });
+                        r.knn_monitor_failure = None;
+                    });
+                }
+                Err(e) => {
+                    warn!(epoch = done, error = %e, "kNN monitor failed; training goes on");
+                    metrics.knn_monitor_failures.inc();
+                    progress.update(|r| {
+                        r.knn_monitor_failure = Some(KnnMonitorFailure {
+                            epoch: done,
+                            error: e.reported(),
                         })
                     });
                 }
-                Err(e) => warn!(epoch = done, error = %e, "kNN monitor failed; training goes on"),
             }
         }
         if let Some(pg) = &pg {
